@@ -1,0 +1,448 @@
+//! Configuration: what the file and the environment say ([`RawConfig`]) and
+//! what the service runs on ([`Config`]), two different types.
+//!
+//! Every setting can come from the TOML file named by `--config` or
+//! `WAYMARK_CONFIG`, and every one can be overridden by a `WAYMARK_*`
+//! environment variable ([`ENV_VARS`] lists them). [`RawConfig::validate`]
+//! turns raw text into checked values and names the bad setting when it
+//! cannot, so a wrong value fails at start-up and never at the first request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::destination::Destination;
+use crate::keys::{KeyError, KeyRing};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("setting {setting} = {value:?} is invalid: expected {expected}")]
+    Invalid { setting: String, value: String, expected: String },
+    #[error("setting {setting} is invalid: {source}")]
+    Keys { setting: String, source: KeyError },
+    #[error("cannot read key file {path} (from {setting}): {source}")]
+    KeyFile { setting: String, path: PathBuf, source: std::io::Error },
+    #[error(
+        "key file {path} can be read by other users (mode {mode:o}): expected mode 600 or 400 (chmod 600 {path})"
+    )]
+    KeyFileMode { path: PathBuf, mode: u32 },
+    #[error("cannot create the development key ring at {path}: {source}")]
+    DevKeys { path: PathBuf, source: std::io::Error },
+}
+
+fn invalid(setting: &str, value: impl Into<String>, expected: &str) -> ConfigError {
+    ConfigError::Invalid { setting: setting.into(), value: value.into(), expected: expected.into() }
+}
+
+/// The environment variables read, each with the setting it overrides.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("WAYMARK_LISTEN", "listen"),
+    ("WAYMARK_PUBLIC_URL", "public_url"),
+    ("WAYMARK_KEYS", "keys"),
+    ("WAYMARK_KEYS_FILE", "keys_file"),
+    ("WAYMARK_DATA_DIR", "data_dir"),
+    ("WAYMARK_EVENTS_FILE", "events_file"),
+    ("WAYMARK_FALLBACK_URL", "fallback_url"),
+    ("WAYMARK_QUEUE_CAPACITY", "queue_capacity"),
+    ("WAYMARK_FLUSH_INTERVAL_MS", "flush_interval_ms"),
+    ("WAYMARK_SHUTDOWN_GRACE_MS", "shutdown_grace_ms"),
+    ("WAYMARK_HEADER_READ_TIMEOUT_MS", "header_read_timeout_ms"),
+    ("WAYMARK_TRUSTED_PROXIES", "trusted_proxies"),
+    ("WAYMARK_LOG_FORMAT", "log_format"),
+    ("WAYMARK_LOG", "log"),
+];
+
+/// A tracking host served for one tenant.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub fallback_url: Option<String>,
+}
+
+/// Settings as written, before any checking. Every field is optional: a
+/// missing one takes its default in [`RawConfig::validate`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub keys: Option<Vec<String>>,
+    pub keys_file: Option<String>,
+    pub data_dir: Option<String>,
+    pub events_file: Option<String>,
+    pub fallback_url: Option<String>,
+    pub queue_capacity: Option<u64>,
+    pub flush_interval_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub log_format: Option<String>,
+    pub log: Option<String>,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Where the key ring came from; a development ring is never for production.
+#[derive(Debug)]
+pub enum KeySource {
+    Configured,
+    Development(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub name: String,
+    pub fallback_url: Option<Destination>,
+}
+
+/// The checked configuration the service runs on.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Base of the URLs printed at start-up and minted by `waymark sign`
+    /// when no `--base-url` is given.
+    pub public_url: Option<Destination>,
+    pub keys: KeyRing,
+    pub key_source: KeySource,
+    pub data_dir: PathBuf,
+    pub events_file: PathBuf,
+    pub fallback_url: Option<Destination>,
+    pub queue_capacity: usize,
+    pub flush_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_format: LogFormat,
+    pub log: String,
+    /// Tracking host (lower case, no port) to tenant.
+    pub tenants: HashMap<String, Tenant>,
+}
+
+impl RawConfig {
+    /// Reads the TOML file, if any, then applies the environment.
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut raw = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                Self::from_toml(&text)
+                    .map_err(|message| ConfigError::Syntax { path: path.into(), message })?
+            }
+            None => RawConfig::default(),
+        };
+        raw.apply_env(env)?;
+        Ok(raw)
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Overrides settings from `WAYMARK_*` variables.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let list = |v: String| -> Vec<String> {
+            v.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        };
+        for (var, _) in ENV_VARS {
+            let Some(value) = env(var) else { continue };
+            let number = || value.trim().parse::<u64>().map_err(|_| invalid(var, &value, "a whole number"));
+            match *var {
+                "WAYMARK_LISTEN" => self.listen = Some(value),
+                "WAYMARK_PUBLIC_URL" => self.public_url = Some(value),
+                "WAYMARK_KEYS" => self.keys = Some(list(value)),
+                "WAYMARK_KEYS_FILE" => self.keys_file = Some(value),
+                "WAYMARK_DATA_DIR" => self.data_dir = Some(value),
+                "WAYMARK_EVENTS_FILE" => self.events_file = Some(value),
+                "WAYMARK_FALLBACK_URL" => self.fallback_url = Some(value),
+                "WAYMARK_QUEUE_CAPACITY" => self.queue_capacity = Some(number()?),
+                "WAYMARK_FLUSH_INTERVAL_MS" => self.flush_interval_ms = Some(number()?),
+                "WAYMARK_SHUTDOWN_GRACE_MS" => self.shutdown_grace_ms = Some(number()?),
+                "WAYMARK_HEADER_READ_TIMEOUT_MS" => self.header_read_timeout_ms = Some(number()?),
+                "WAYMARK_TRUSTED_PROXIES" => self.trusted_proxies = Some(list(value)),
+                "WAYMARK_LOG_FORMAT" => self.log_format = Some(value),
+                "WAYMARK_LOG" => self.log = Some(value),
+                _ => unreachable!("every variable in ENV_VARS is handled"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every setting and fills in the defaults. Creates the
+    /// development key ring when no key is configured.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_text
+            .parse()
+            .map_err(|_| invalid("listen", &listen_text, "an IP address and port such as 127.0.0.1:8080"))?;
+        let url = |setting: &str, v: Option<String>| -> Result<Option<Destination>, ConfigError> {
+            v.map(|v| {
+                Destination::parse(&v)
+                    .map_err(|e| invalid(setting, &v, &format!("an absolute http(s) URL ({e})")))
+            })
+            .transpose()
+        };
+        let public_url = url("public_url", self.public_url)?;
+        let fallback_url = url("fallback_url", self.fallback_url)?;
+        let data_dir = PathBuf::from(self.data_dir.unwrap_or_else(|| "./waymark-data".into()));
+        let events_file =
+            self.events_file.map(PathBuf::from).unwrap_or_else(|| data_dir.join("events.jsonl"));
+
+        let positive = |setting: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
+            match v.unwrap_or(default) {
+                n @ 1.. if n <= max => Ok(n),
+                n => Err(invalid(setting, n.to_string(), &format!("a number from 1 to {max}"))),
+            }
+        };
+        let queue_capacity = positive("queue_capacity", self.queue_capacity, 65_536, 16 << 20)? as usize;
+        let ms = Duration::from_millis;
+        let flush_interval = ms(positive("flush_interval_ms", self.flush_interval_ms, 1_000, 3_600_000)?);
+        let shutdown_grace = ms(positive("shutdown_grace_ms", self.shutdown_grace_ms, 10_000, 600_000)?);
+        let header_read_timeout =
+            ms(positive("header_read_timeout_ms", self.header_read_timeout_ms, 10_000, 600_000)?);
+
+        let trusted_proxies = self
+            .trusted_proxies
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| {
+                c.parse::<IpNet>()
+                    .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| invalid("trusted_proxies", &c, "a list of CIDRs such as 10.0.0.0/8"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let log_format = match self.log_format.as_deref().unwrap_or("human") {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("log_format", other, "human or json")),
+        };
+        let log = self.log.unwrap_or_else(|| "info".into());
+
+        let mut tenants = HashMap::new();
+        for t in self.tenants {
+            let setting = format!("tenants[{}]", t.name);
+            if t.name.is_empty() || t.name.len() > crate::token::limits::TENANT {
+                return Err(invalid("tenants.name", &t.name, "a name of 1 to 63 characters"));
+            }
+            let fallback_url = url(&format!("{setting}.fallback_url"), t.fallback_url)?;
+            for host in t.hosts {
+                let key = host.trim().to_ascii_lowercase();
+                if key.is_empty() || key.contains([':', '/', ' ']) {
+                    return Err(invalid(&format!("{setting}.hosts"), host, "a host name without port"));
+                }
+                let tenant = Tenant { name: t.name.clone(), fallback_url: fallback_url.clone() };
+                if tenants.insert(key, tenant).is_some() {
+                    return Err(invalid(
+                        &format!("{setting}.hosts"),
+                        host,
+                        "a host served by one tenant only",
+                    ));
+                }
+            }
+        }
+
+        let (keys, key_source) = load_keys(self.keys, self.keys_file, &data_dir)?;
+        Ok(Config {
+            listen,
+            public_url,
+            keys,
+            key_source,
+            data_dir,
+            events_file,
+            fallback_url,
+            queue_capacity,
+            flush_interval,
+            shutdown_grace,
+            header_read_timeout,
+            trusted_proxies,
+            log_format,
+            log,
+            tenants,
+        })
+    }
+}
+
+fn load_keys(
+    inline: Option<Vec<String>>,
+    file: Option<String>,
+    data_dir: &Path,
+) -> Result<(KeyRing, KeySource), ConfigError> {
+    let from_list = |setting: &str, list: &str| {
+        KeyRing::parse(list).map_err(|source| ConfigError::Keys { setting: setting.into(), source })
+    };
+    match (inline, file) {
+        (Some(list), _) => Ok((from_list("keys", &list.join(","))?, KeySource::Configured)),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            check_private(&path)?;
+            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::KeyFile {
+                setting: "keys_file".into(),
+                path: path.clone(),
+                source,
+            })?;
+            Ok((from_list("keys_file", &text)?, KeySource::Configured))
+        }
+        (None, None) => {
+            let path = data_dir.join("dev-keys");
+            let text =
+                dev_keys(&path).map_err(|source| ConfigError::DevKeys { path: path.clone(), source })?;
+            Ok((from_list("keys_file", &text)?, KeySource::Development(path)))
+        }
+    }
+}
+
+/// A key file anyone on the host can read is a leaked key.
+fn check_private(path: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::KeyFile {
+        setting: "keys_file".into(),
+        path: path.into(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 && !meta.is_symlink() && !is_kubernetes_secret(path) {
+        return Err(ConfigError::KeyFileMode { path: path.into(), mode });
+    }
+    Ok(())
+}
+
+/// Kubernetes mounts secrets through symlinks into a `..data` directory,
+/// with a mode the pod cannot choose; the mount itself is private.
+fn is_kubernetes_secret(path: &Path) -> bool {
+    path.parent().is_some_and(|dir| dir.join("..data").exists())
+}
+
+/// Reads the development ring, creating it (mode 600) on first use.
+fn dev_keys(path: &Path) -> std::io::Result<String> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let entry = crate::keys::Key::generate_entry(&crate::keys::KeyId::new("dev").expect("valid id"));
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            writeln!(f, "# Development key ring made by waymark: never use it in production.\n{entry}")?;
+            Ok(entry)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn key() -> String {
+        crate::keys::Key::generate_entry(&crate::keys::KeyId::new("k1").unwrap())
+    }
+
+    #[test]
+    fn defaults_make_a_development_ring() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = RawConfig { data_dir: Some(dir.path().to_str().unwrap().into()), ..Default::default() };
+        let config = raw.validate().unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.events_file, dir.path().join("events.jsonl"));
+        assert!(matches!(config.key_source, KeySource::Development(_)));
+        // The second start reuses the same ring, so old dev links keep working.
+        let again = RawConfig { data_dir: Some(dir.path().to_str().unwrap().into()), ..Default::default() };
+        let again = again.validate().unwrap();
+        assert_eq!(again.keys.sealing().id().as_str(), "dev");
+        let text = std::fs::read_to_string(dir.path().join("dev-keys")).unwrap();
+        assert!(text.contains("never use it in production"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let mut raw = RawConfig::from_toml("listen = \"0.0.0.0:80\"\nqueue_capacity = 5").unwrap();
+        raw.apply_env(env(&[("WAYMARK_LISTEN", "127.0.0.1:9"), ("WAYMARK_KEYS", &key())])).unwrap();
+        let c = raw.validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(c.queue_capacity, 5);
+        assert!(matches!(c.key_source, KeySource::Configured));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let k = key();
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (vec![("WAYMARK_LISTEN", "localhost")], "setting listen = \"localhost\" is invalid"),
+            (vec![("WAYMARK_QUEUE_CAPACITY", "lots")], "setting WAYMARK_QUEUE_CAPACITY = \"lots\""),
+            (vec![("WAYMARK_QUEUE_CAPACITY", "0")], "setting queue_capacity = \"0\""),
+            (vec![("WAYMARK_FALLBACK_URL", "javascript:x")], "setting fallback_url = \"javascript:x\""),
+            (vec![("WAYMARK_TRUSTED_PROXIES", "10.0.0.0/33")], "setting trusted_proxies = \"10.0.0.0/33\""),
+            (vec![("WAYMARK_LOG_FORMAT", "xml")], "expected human or json"),
+            (vec![("WAYMARK_KEYS", "k1:nope")], "setting keys is invalid: the secret of key \"k1\""),
+        ];
+        for (vars, want) in cases {
+            let mut vars = vars;
+            if !vars.iter().any(|(k, _)| *k == "WAYMARK_KEYS") {
+                vars.push(("WAYMARK_KEYS", &k));
+            }
+            let mut raw = RawConfig::default();
+            let err = match raw.apply_env(env(&vars)) {
+                Err(e) => e,
+                Ok(()) => raw.validate().unwrap_err(),
+            };
+            assert!(err.to_string().contains(want), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused() {
+        let err = RawConfig::from_toml("listne = \"x\"").unwrap_err();
+        assert!(err.contains("unknown field `listne`"), "{err}");
+    }
+
+    #[test]
+    fn key_files_readable_by_others_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, key()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let raw = RawConfig { keys_file: Some(path.to_str().unwrap().into()), ..Default::default() };
+        let err = raw.validate().unwrap_err();
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let raw = RawConfig { keys_file: Some(path.to_str().unwrap().into()), ..Default::default() };
+        assert!(raw.validate().is_ok());
+    }
+
+    #[test]
+    fn tenants_map_their_hosts() {
+        let toml = format!(
+            "keys = [\"{}\"]\n[[tenants]]\nname = \"a\"\nhosts = [\"T.Sender-A.com\"]\nfallback_url = \"https://sender-a.com/\"",
+            key()
+        );
+        let c = RawConfig::from_toml(&toml).unwrap().validate().unwrap();
+        let t = &c.tenants["t.sender-a.com"];
+        assert_eq!(t.name, "a");
+        assert_eq!(t.fallback_url.as_ref().unwrap().as_str(), "https://sender-a.com/");
+    }
+}

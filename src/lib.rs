@@ -1,0 +1,31 @@
+//! waymark: an edge service for email engagement tracking.
+//!
+//! A request flows one way through these modules:
+//!
+//! - [`http`]: the edge. Routes `/o/` (pixel), `/c/` (click), health; answers
+//!   at once and hands a [`hit::Hit`] to the pipeline without waiting.
+//! - [`token`]: sealed tokens (AES-256-GCM with a key id), the only way a
+//!   URL's claims are read; [`keys`] holds the rotating key ring and
+//!   [`destination`] the validated redirect target.
+//! - [`pipeline`]: the bounded hand-off and the thread that turns hits into
+//!   events: [`classify`] judges a hit, [`event`] builds and encodes the JSON.
+//! - [`sink`]: where events go, behind one trait (JSON-lines file by default).
+//! - [`config`]: raw settings from file and environment, validated at start.
+//! - [`server`]: builds everything from a config, accept loop, shutdown.
+//! - [`cli`]: `waymark serve | sign | keygen`.
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod destination;
+pub mod event;
+pub mod health;
+pub mod hit;
+pub mod http;
+pub mod keys;
+pub mod pages;
+pub mod pipeline;
+pub mod server;
+pub mod sink;
+pub mod token;

@@ -1,0 +1,153 @@
+//! The event pipeline: a bounded hand-off from the HTTP edge to one thread
+//! that judges each hit, builds its events and feeds the sink.
+//!
+//! The edge only ever calls [`Recorder::record`], which never blocks: when
+//! the queue is full the hit is counted as dropped and the response goes out
+//! all the same. Judging and writing happen off the async runtime, on a plain
+//! thread, because sinks may block on disk or on a producer queue.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::classify::Classifier;
+use crate::event::Event;
+use crate::hit::Hit;
+use crate::sink::Sink;
+
+/// Counters the pipeline keeps, readable from anywhere.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub recorded: AtomicU64,
+    pub dropped: AtomicU64,
+    pub published: AtomicU64,
+    pub sink_errors: AtomicU64,
+}
+
+/// The edge's handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Recorder {
+    tx: SyncSender<Hit>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RecordError {
+    #[error("the event queue is full")]
+    Full,
+    #[error("the event pipeline has stopped")]
+    Stopped,
+}
+
+impl Recorder {
+    pub fn record(&self, hit: Hit) -> Result<(), RecordError> {
+        match self.tx.try_send(hit) {
+            Ok(()) => {
+                self.stats.recorded.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                Err(match e {
+                    TrySendError::Full(_) => RecordError::Full,
+                    TrySendError::Disconnected(_) => RecordError::Stopped,
+                })
+            }
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+}
+
+/// Owns the pipeline thread. [`Pipeline::finish`] drains it and waits.
+pub struct Pipeline {
+    thread: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Pipeline {
+    pub fn start(
+        classifier: Classifier,
+        sink: Box<dyn Sink>,
+        capacity: usize,
+        flush_interval: Duration,
+    ) -> (Recorder, Pipeline) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let stats = Arc::new(Stats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = Worker { classifier, sink, stats: stats.clone(), stop: stop.clone() };
+        let thread = std::thread::Builder::new()
+            .name("waymark-pipeline".into())
+            .spawn(move || worker.run(rx, flush_interval))
+            .expect("cannot start the pipeline thread");
+        (Recorder { tx, stats }, Pipeline { thread, stop })
+    }
+
+    /// Writes every hit queued so far, closes the sink and waits for it.
+    /// Hits recorded after this are refused with [`RecordError::Stopped`].
+    pub fn finish(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if self.thread.join().is_err() {
+            tracing::error!("the event pipeline thread panicked");
+        }
+    }
+}
+
+struct Worker {
+    classifier: Classifier,
+    sink: Box<dyn Sink>,
+    stats: Arc<Stats>,
+    stop: Arc<AtomicBool>,
+}
+
+/// How often an idle pipeline looks at its stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Hit>, flush_interval: Duration) {
+        let mut next_flush = Instant::now() + flush_interval;
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now()).min(STOP_POLL);
+            match rx.recv_timeout(wait) {
+                Ok(hit) => self.handle(&hit),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                while let Ok(hit) = rx.try_recv() {
+                    self.handle(&hit);
+                }
+                break;
+            }
+            if Instant::now() >= next_flush {
+                let _ = self.check(|sink| sink.flush());
+                next_flush = Instant::now() + flush_interval;
+            }
+        }
+        let _ = self.check(|sink| sink.close());
+    }
+
+    fn handle(&mut self, hit: &Hit) {
+        let judgement = self.classifier.judge(hit);
+        let event = Event::from_hit(hit, judgement).encode();
+        if self.check(|sink| sink.publish(&event)) {
+            self.stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Runs a sink operation; a failure is counted and logged, never fatal.
+    fn check(&mut self, op: impl FnOnce(&mut dyn Sink) -> Result<(), crate::sink::SinkError>) -> bool {
+        match op(self.sink.as_mut()) {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "event sink failed");
+                false
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The server: builds every part from a validated [`Config`], runs the
+//! accept loop, and shuts down in order: stop accepting, let in-flight
+//! requests finish (bounded by the grace period), then drain the pipeline
+//! into the sink.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use crate::classify::Classifier;
+use crate::config::Config;
+use crate::health::Health;
+use crate::http::Edge;
+use crate::pipeline::{Pipeline, Stats};
+use crate::sink::file::FileSink;
+use crate::sink::{Sink, SinkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+pub struct Server {
+    listener: TcpListener,
+    edge: Arc<Edge>,
+    pipeline: Pipeline,
+    stats: Arc<Stats>,
+    health: Arc<Health>,
+    grace: Duration,
+    header_read_timeout: Duration,
+}
+
+impl Server {
+    /// Opens the sink and binds the listener; fails here, not later.
+    pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let sink: Box<dyn Sink> = Box::new(FileSink::open(&config.events_file)?);
+        let (recorder, pipeline) =
+            Pipeline::start(Classifier::default(), sink, config.queue_capacity, config.flush_interval);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        let health = Arc::new(Health::default());
+        let stats = recorder.stats().clone();
+        let edge = Arc::new(Edge {
+            keys: Arc::new(config.keys),
+            recorder,
+            fallback_url: config.fallback_url,
+            tenants: config.tenants,
+            trusted_proxies: config.trusted_proxies,
+            health: health.clone(),
+        });
+        Ok(Server {
+            listener,
+            edge,
+            pipeline,
+            stats,
+            health,
+            grace: config.shutdown_grace,
+            header_read_timeout: config.header_read_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    /// Serves until `shutdown` completes, then shuts down in order.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Server { listener, edge, pipeline, stats, health, grace, header_read_timeout } = self;
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+        let graceful = GracefulShutdown::new();
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off
+                        // briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let edge = edge.clone();
+            let service = service_fn(move |req| {
+                let response = edge.handle(&req, peer);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        health.set_draining();
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
+        if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "requests still in flight after the grace period"
+            );
+        }
+        drop(edge);
+        tokio::task::spawn_blocking(move || pipeline.finish()).await.ok();
+        let recorded = stats.recorded.load(std::sync::atomic::Ordering::Relaxed);
+        let published = stats.published.load(std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(recorded, published, "stopped");
+    }
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot listen for SIGINT");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

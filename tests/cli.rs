@@ -1,0 +1,114 @@
+//! The command line: keygen, sign, and its refusals.
+
+mod support;
+
+use support::*;
+use waymark::token;
+
+#[test]
+fn keygen_prints_a_key_the_ring_accepts() {
+    let out = waymark(&["keygen", "--kid", "k7"], &[]);
+    assert!(out.status.success());
+    let entry = String::from_utf8(out.stdout).unwrap();
+    let ring = ring(entry.trim());
+    assert_eq!(ring.sealing().id().as_str(), "k7");
+
+    let out = waymark(&["keygen", "--kid", "far-too-long"], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("key id \"far-too-long\" is invalid"));
+}
+
+#[test]
+fn sign_mints_urls_that_open_with_the_same_ring() {
+    let keys = key_entry("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WAYMARK_KEYS", keys.as_str()), ("WAYMARK_DATA_DIR", dir.path().to_str().unwrap())];
+    let out = waymark(
+        &[
+            "sign",
+            "click",
+            "--base-url",
+            "https://t.example.com/",
+            "--message-id",
+            "m1",
+            "--recipient",
+            "a@example.com",
+            "--url",
+            "https://example.com/x?y=1",
+            "--link-index",
+            "2",
+            "--sent-at",
+            "2026-11-24T09:30:00Z",
+            "--tag",
+            "t1",
+            "--tag",
+            "t2",
+            "--meta",
+            "campaign=spring",
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).unwrap();
+    let text = url.trim().strip_prefix("https://t.example.com/c/").expect("click URL under the base");
+    let claims = token::open(&ring(&keys), text, 0).unwrap().into_claims();
+    assert_eq!(claims.message_id, "m1");
+    assert_eq!(claims.sent_at, 1_795_512_600);
+    assert_eq!(claims.tags, ["t1", "t2"]);
+    assert_eq!(claims.meta, [("campaign".to_owned(), "spring".to_owned())]);
+    match claims.target {
+        token::Target::Click(link) => {
+            assert_eq!(link.index, 2);
+            assert_eq!(link.url.as_str(), "https://example.com/x?y=1");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn sign_refuses_bad_input_with_a_clear_message() {
+    let keys = key_entry("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WAYMARK_KEYS", keys.as_str()), ("WAYMARK_DATA_DIR", dir.path().to_str().unwrap())];
+    let base = ["--base-url", "https://t.example.com", "--message-id", "m1"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["click", "--url", "javascript:alert(1)"], "has scheme \"javascript\": expected http or https"),
+        (
+            vec!["click", "--url", "https://example.com/\r\nLocation: https://evil.example"],
+            "control character",
+        ),
+        (vec!["click", "--url", "//evil.example/"], "is not a URL"),
+        (vec!["click", "--url", "https://bank.example@evil.example/"], "user name or password"),
+        (vec!["click"], "a click link needs --url"),
+        (vec!["open", "--url", "https://example.com/"], "--url is for click links only"),
+        (vec!["open", "--sent-at", "yesterday"], "--sent-at \"yesterday\" is not an RFC 3339 time"),
+        (vec!["open", "--meta", "novalue"], "--meta \"novalue\" is not of the form KEY=VALUE"),
+    ];
+    for (args, want) in cases {
+        let mut all = vec!["sign"];
+        all.extend(&args);
+        all.extend(base);
+        let out = waymark(&all, &env);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
+    }
+    let out = waymark(&["sign", "open", "--base-url", "ftp://x", "--message-id", "m"], &env);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--base-url \"ftp://x\""));
+}
+
+#[test]
+fn serve_fails_at_start_naming_the_bad_setting() {
+    let cases = [
+        (("WAYMARK_LISTEN", "nowhere"), "setting listen = \"nowhere\" is invalid"),
+        (("WAYMARK_KEYS", "k1:tooshort"), "setting keys is invalid"),
+        (("WAYMARK_FLUSH_INTERVAL_MS", "soon"), "WAYMARK_FLUSH_INTERVAL_MS = \"soon\""),
+    ];
+    for ((var, value), want) in cases {
+        let out = waymark(&["serve"], &[(var, value), ("WAYMARK_KEYS_FILE", "/nonexistent")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(want), "{var}: {err}");
+    }
+}
