@@ -9,11 +9,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use std::io::{BufRead as _, Write};
+
+use crate::classify::Classifier;
 use crate::config::{Config, KeySource, LogFormat, RawConfig};
 use crate::destination::Destination;
 use crate::keys::{Key, KeyId};
 use crate::server::Server;
-use crate::token::{self, Claims, Link, Target};
+use crate::token::{self, Claims, Kind, Link, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "waymark", version, about = "Email engagement tracking at the edge")]
@@ -37,6 +40,33 @@ pub enum Command {
     },
     /// Mint a tracking URL with the configured key ring.
     Sign(Box<SignArgs>),
+    /// Classify user agents (one a line on stdin, or IP<TAB>USER_AGENT) with
+    /// exactly the code the server runs; prints one JSON object a line.
+    Classify {
+        /// Classify this one user agent instead of reading stdin.
+        #[arg(long)]
+        ua: Option<String>,
+        /// The client address that goes with --ua.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Judge as a hit on this kind of URL (a proxy network explains an open, not a click).
+        #[arg(long, value_enum, default_value_t = ClassifyKind::Click)]
+        kind: ClassifyKind,
+        #[arg(long, env = "WAYMARK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Exit 0 if the service answers 200 on its health endpoint: a container
+    /// probe that needs no shell and no curl.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClassifyKind {
+    Open,
+    Click,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -46,7 +76,7 @@ pub enum SignKind {
     Unsubscribe,
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct SignArgs {
     pub kind: SignKind,
     /// Base of the tracking URL, e.g. https://t.example.com (default: public_url, else the listen address).
@@ -77,6 +107,10 @@ pub struct SignArgs {
     pub meta: Vec<String>,
     #[arg(long, env = "WAYMARK_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Mint this many URLs, one a line, for message ids ID-0, ID-1, … (for
+    /// bulk sends and load tests).
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -90,11 +124,106 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", Key::generate_entry(&KeyId::new(&kid)?));
             Ok(())
         }
-        Command::Sign(args) => {
-            let config = load_config(args.config.clone())?;
-            println!("{}", sign(&config, &args)?);
+        Command::Classify { ua, ip, kind, config } => {
+            let raw = RawConfig::load(config.as_deref(), |k| std::env::var(k).ok())?;
+            let mut classifier = Classifier::new(&crate::config::classify_settings(&raw)?)?;
+            let kind = match kind {
+                ClassifyKind::Open => Kind::Open,
+                ClassifyKind::Click => Kind::Click,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match ua {
+                Some(ua) => classify_line(&mut classifier, kind, ip, Some(&ua), &mut out)?,
+                None => {
+                    for line in std::io::stdin().lock().lines() {
+                        let line = line.context("cannot read stdin")?;
+                        let (ip, ua) = split_classify_line(&line)?;
+                        classify_line(&mut classifier, kind, ip, ua, &mut out)?;
+                    }
+                }
+            }
+            out.flush()?;
             Ok(())
         }
+        Command::Healthcheck { url } => healthcheck(&url),
+        Command::Sign(args) => {
+            let config = load_config(args.config.clone())?;
+            if args.count <= 1 {
+                println!("{}", sign(&config, &args)?);
+                return Ok(());
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut one = SignArgs { count: 1, ..(*args).clone() };
+            for i in 0..args.count {
+                one.message_id = format!("{}-{i}", args.message_id);
+                writeln!(out, "{}", sign(&config, &one)?)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// `USER_AGENT` or `IP<TAB>USER_AGENT`; an empty user agent is a missing one.
+fn split_classify_line(line: &str) -> anyhow::Result<(Option<std::net::IpAddr>, Option<&str>)> {
+    let (ip, ua) = match line.split_once('\t') {
+        Some((ip, ua)) => {
+            let ip =
+                ip.trim().parse().with_context(|| format!("{ip:?} before the tab is not an IP address"))?;
+            (Some(ip), ua)
+        }
+        None => (None, line),
+    };
+    let ua = ua.trim();
+    Ok((ip, (!ua.is_empty()).then_some(ua)))
+}
+
+fn classify_line(
+    classifier: &mut Classifier,
+    kind: Kind,
+    ip: Option<std::net::IpAddr>,
+    ua: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let a = classifier.assess(kind, ip, ua);
+    let line = serde_json::json!({
+        "ip": ip,
+        "user_agent": ua,
+        "verdict": a.verdict,
+        "reasons": a.reasons,
+        "machine_open": a.machine_open,
+        "device": a.device,
+        "geo": a.geo,
+        "network": a.asn,
+        "rules_version": classifier.rules_version(),
+    });
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    use std::net::{TcpStream, ToSocketAddrs as _};
+    use std::time::Duration;
+    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+    if parsed.scheme() != "http" {
+        bail!("--url {url:?} has scheme {:?}: expected http", parsed.scheme());
+    }
+    let host = parsed.host_str().context("--url has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addr = (host, port).to_socket_addrs()?.next().with_context(|| format!("{host} does not resolve"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n", parsed.path())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).context("no HTTP answer")?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => bail!("{url} answered {}", String::from_utf8_lossy(status)),
     }
 }
 

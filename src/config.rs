@@ -15,6 +15,8 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::classify::behaviour::Windows;
+use crate::classify::{self, CountingPolicy, Verdict};
 use crate::destination::Destination;
 use crate::keys::{KeyError, KeyRing};
 
@@ -58,6 +60,17 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_TRUSTED_PROXIES", "trusted_proxies"),
     ("WAYMARK_LOG_FORMAT", "log_format"),
     ("WAYMARK_LOG", "log"),
+    ("WAYMARK_SCANNER_RULES", "scanner_rules"),
+    ("WAYMARK_ASN_DB", "asn_db"),
+    ("WAYMARK_CITY_DB", "city_db"),
+    ("WAYMARK_PREFETCH_WINDOW_MS", "prefetch_window_ms"),
+    ("WAYMARK_REPEAT_WINDOW_MS", "repeat_window_ms"),
+    ("WAYMARK_BURST_WINDOW_MS", "burst_window_ms"),
+    ("WAYMARK_BURST_LINKS", "burst_links"),
+    ("WAYMARK_SCAN_WINDOW_MS", "scan_window_ms"),
+    ("WAYMARK_COUNT_OPENS", "count_opens"),
+    ("WAYMARK_COUNT_CLICKS", "count_clicks"),
+    ("WAYMARK_UA_CACHE_SIZE", "ua_cache_size"),
 ];
 
 /// A tracking host served for one tenant.
@@ -88,6 +101,17 @@ pub struct RawConfig {
     pub trusted_proxies: Option<Vec<String>>,
     pub log_format: Option<String>,
     pub log: Option<String>,
+    pub scanner_rules: Option<String>,
+    pub asn_db: Option<String>,
+    pub city_db: Option<String>,
+    pub prefetch_window_ms: Option<u64>,
+    pub repeat_window_ms: Option<u64>,
+    pub burst_window_ms: Option<u64>,
+    pub burst_links: Option<u64>,
+    pub scan_window_ms: Option<u64>,
+    pub count_opens: Option<Vec<String>>,
+    pub count_clicks: Option<Vec<String>>,
+    pub ua_cache_size: Option<u64>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
@@ -132,6 +156,7 @@ pub struct Config {
     pub log: String,
     /// Tracking host (lower case, no port) to tenant.
     pub tenants: HashMap<String, Tenant>,
+    pub classify: classify::Settings,
 }
 
 impl RawConfig {
@@ -177,6 +202,17 @@ impl RawConfig {
                 "WAYMARK_TRUSTED_PROXIES" => self.trusted_proxies = Some(list(value)),
                 "WAYMARK_LOG_FORMAT" => self.log_format = Some(value),
                 "WAYMARK_LOG" => self.log = Some(value),
+                "WAYMARK_SCANNER_RULES" => self.scanner_rules = Some(value),
+                "WAYMARK_ASN_DB" => self.asn_db = Some(value),
+                "WAYMARK_CITY_DB" => self.city_db = Some(value),
+                "WAYMARK_PREFETCH_WINDOW_MS" => self.prefetch_window_ms = Some(number()?),
+                "WAYMARK_REPEAT_WINDOW_MS" => self.repeat_window_ms = Some(number()?),
+                "WAYMARK_BURST_WINDOW_MS" => self.burst_window_ms = Some(number()?),
+                "WAYMARK_BURST_LINKS" => self.burst_links = Some(number()?),
+                "WAYMARK_SCAN_WINDOW_MS" => self.scan_window_ms = Some(number()?),
+                "WAYMARK_COUNT_OPENS" => self.count_opens = Some(list(value)),
+                "WAYMARK_COUNT_CLICKS" => self.count_clicks = Some(list(value)),
+                "WAYMARK_UA_CACHE_SIZE" => self.ua_cache_size = Some(number()?),
                 _ => unreachable!("every variable in ENV_VARS is handled"),
             }
         }
@@ -186,6 +222,7 @@ impl RawConfig {
     /// Checks every setting and fills in the defaults. Creates the
     /// development key ring when no key is configured.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let classify = classify_settings(&self)?;
         let listen_text = self.listen.unwrap_or_else(|| "127.0.0.1:8080".into());
         let listen: SocketAddr = listen_text
             .parse()
@@ -274,8 +311,59 @@ impl RawConfig {
             log_format,
             log,
             tenants,
+            classify,
         })
     }
+}
+
+/// The classifier's settings alone: `waymark classify` needs these and no keys.
+pub fn classify_settings(raw: &RawConfig) -> Result<classify::Settings, ConfigError> {
+    let ms = Duration::from_millis;
+    let positive = |setting: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
+        match v.unwrap_or(default) {
+            n @ 1.. if n <= max => Ok(n),
+            n => Err(invalid(setting, n.to_string(), &format!("a number from 1 to {max}"))),
+        }
+    };
+    let zero_ok = |setting: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
+        match v.unwrap_or(default) {
+            n if n <= 30 * 24 * 3_600_000 => Ok(ms(n)),
+            n => Err(invalid(setting, n.to_string(), "at most 30 days in milliseconds")),
+        }
+    };
+    let verdicts =
+        |setting: &str, v: Option<Vec<String>>, default: Vec<Verdict>| -> Result<Vec<Verdict>, ConfigError> {
+            v.map(|list| {
+                list.iter()
+                    .map(|s| {
+                        Verdict::parse(s.trim())
+                            .ok_or_else(|| invalid(setting, s, "a list of human, proxy, bot, scanner"))
+                    })
+                    .collect()
+            })
+            .unwrap_or(Ok(default))
+        };
+    let path = |v: &Option<String>| v.as_ref().map(PathBuf::from);
+    let defaults = classify::Settings::default();
+    let classify = classify::Settings {
+        rules_file: path(&raw.scanner_rules),
+        asn_db: path(&raw.asn_db),
+        city_db: path(&raw.city_db),
+        prefetch_window: zero_ok("prefetch_window_ms", raw.prefetch_window_ms, 5_000)?,
+        windows: Windows {
+            repeat: zero_ok("repeat_window_ms", raw.repeat_window_ms, 60_000)?,
+            burst: zero_ok("burst_window_ms", raw.burst_window_ms, 2_000)?,
+            burst_links: positive("burst_links", raw.burst_links, 3, 1000)? as usize,
+            scan: zero_ok("scan_window_ms", raw.scan_window_ms, 600_000)?,
+            memory: defaults.windows.memory,
+        },
+        policy: CountingPolicy {
+            opens: verdicts("count_opens", raw.count_opens.clone(), defaults.policy.opens)?,
+            clicks: verdicts("count_clicks", raw.count_clicks.clone(), defaults.policy.clicks)?,
+        },
+        cache_capacity: positive("ua_cache_size", raw.ua_cache_size, 100_000, 100_000_000)?,
+    };
+    Ok(classify)
 }
 
 fn load_keys(

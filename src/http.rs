@@ -23,6 +23,7 @@ use crate::destination::Destination;
 use crate::health::{Health, Readiness};
 use crate::hit::{self, Hit, Method};
 use crate::keys::KeyRing;
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::pipeline::Recorder;
 use crate::token::{self, Kind, OpenError, Token};
 
@@ -44,6 +45,19 @@ pub enum Route<'a> {
     Healthz,
     Readyz,
     NotFound,
+}
+
+impl Route<'_> {
+    /// The route's name in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Pixel(_) => "pixel",
+            Route::Click(_) => "click",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
+    }
 }
 
 /// Maps a path (without query) to a route. Pure, so it is tested alone.
@@ -88,6 +102,7 @@ pub struct Edge {
     pub tenants: HashMap<String, Tenant>,
     pub trusted_proxies: Vec<IpNet>,
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Edge {
@@ -160,6 +175,7 @@ impl Edge {
         });
         if let Err(refusal) = &token {
             tracing::debug!(reason = refusal.reason(), "token refused");
+            self.metrics.token_failures.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
         }
         token
     }

@@ -24,6 +24,7 @@ pub mod health;
 pub mod hit;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod pages;
 pub mod pipeline;
 pub mod server;

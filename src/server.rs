@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -19,6 +19,7 @@ use crate::classify::Classifier;
 use crate::config::Config;
 use crate::health::Health;
 use crate::http::Edge;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
 use crate::sink::file::FileSink;
 use crate::sink::{Sink, SinkError};
@@ -29,6 +30,8 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Classify(#[from] crate::classify::ClassifyError),
 }
 
 pub struct Server {
@@ -44,14 +47,18 @@ pub struct Server {
 impl Server {
     /// Opens the sink and binds the listener; fails here, not later.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
+        let classifier = Classifier::new(&config.classify)?;
+        let cache_stats = classifier.cache_stats().clone();
+        tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
         let sink: Box<dyn Sink> = Box::new(FileSink::open(&config.events_file)?);
         let (recorder, pipeline) =
-            Pipeline::start(Classifier::default(), sink, config.queue_capacity, config.flush_interval);
+            Pipeline::start(classifier, sink, config.queue_capacity, config.flush_interval);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
         let health = Arc::new(Health::default());
         let stats = recorder.stats().clone();
+        let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, vec![]));
         let edge = Arc::new(Edge {
             keys: Arc::new(config.keys),
             recorder,
@@ -59,6 +66,7 @@ impl Server {
             tenants: config.tenants,
             trusted_proxies: config.trusted_proxies,
             health: health.clone(),
+            metrics: metrics.clone(),
         });
         Ok(Server {
             listener,
@@ -77,6 +85,10 @@ impl Server {
 
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.edge.metrics
     }
 
     /// Serves until `shutdown` completes, then shuts down in order.
@@ -103,7 +115,12 @@ impl Server {
             let _ = stream.set_nodelay(true);
             let edge = edge.clone();
             let service = service_fn(move |req| {
+                let started = Instant::now();
                 let response = edge.handle(&req, peer);
+                let route = crate::http::route(req.uri().path()).name();
+                let m = &edge.metrics;
+                m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
+                m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
                 async move { Ok::<_, Infallible>(response) }
             });
             let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());

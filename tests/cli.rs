@@ -112,3 +112,24 @@ fn serve_fails_at_start_naming_the_bad_setting() {
         assert!(err.contains(want), "{var}: {err}");
     }
 }
+
+#[test]
+fn sign_count_mints_one_url_per_message() {
+    let keys = key_entry("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WAYMARK_KEYS", keys.as_str()), ("WAYMARK_DATA_DIR", dir.path().to_str().unwrap())];
+    let out = waymark(
+        &["sign", "open", "--base-url", "http://t.example", "--message-id", "bulk", "--count", "5"],
+        &env,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|url| {
+            let t = url.strip_prefix("http://t.example/o/").unwrap().strip_suffix(".gif").unwrap();
+            token::open(&ring(&keys), t, 0).unwrap().into_claims().message_id
+        })
+        .collect();
+    assert_eq!(ids, ["bulk-0", "bulk-1", "bulk-2", "bulk-3", "bulk-4"]);
+}

@@ -244,3 +244,16 @@ fn with_no_configuration_it_makes_a_dev_ring_and_prints_working_links() {
     assert_eq!(svc.get(&path(click), &[]).header("location"), Some("https://example.com/"));
     assert_eq!(svc.events(2).len(), 2);
 }
+
+#[test]
+fn the_healthcheck_command_probes_the_service() {
+    let keys = key_entry("k1");
+    let svc = Service::start(&keys, &[]);
+    let ok = waymark(&["healthcheck", "--url", &format!("http://{}/healthz", svc.addr)], &[]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = waymark(&["healthcheck", "--url", &format!("http://{}/nope", svc.addr)], &[]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    drop(svc);
+    let down = waymark(&["healthcheck", "--url", "http://127.0.0.1:1/healthz"], &[]);
+    assert!(!down.status.success());
+}
