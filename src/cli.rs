@@ -334,6 +334,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let demo = demo_links(&config)?;
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
+        if let Some(tls) = server.tls_addr() {
+            println!("waymark listening on https://{tls}");
+        }
         let base = base.replace(&format!(":{}", 0), &format!(":{}", addr.port()));
         let demo = demo.map(|(o, c)| (o.replace("{base}", &base), c.replace("{base}", &base)));
         println!("events are written to {}", events_file.display());

@@ -19,6 +19,7 @@ use crate::classify::behaviour::Windows;
 use crate::classify::{self, CountingPolicy, Verdict};
 use crate::destination::Destination;
 use crate::keys::{KeyError, KeyRing};
+use crate::tls::CertSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -71,7 +72,21 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_COUNT_OPENS", "count_opens"),
     ("WAYMARK_COUNT_CLICKS", "count_clicks"),
     ("WAYMARK_UA_CACHE_SIZE", "ua_cache_size"),
+    ("WAYMARK_TLS_LISTEN", "tls_listen"),
+    ("WAYMARK_TLS_CERT", "tls_cert"),
+    ("WAYMARK_TLS_KEY", "tls_key"),
+    ("WAYMARK_TLS_RELOAD_MS", "tls_reload_ms"),
 ];
+
+/// One TLS certificate and the tracking hosts it serves (file only).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub cert: String,
+    pub key: String,
+}
 
 /// A tracking host served for one tenant.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -112,6 +127,12 @@ pub struct RawConfig {
     pub count_opens: Option<Vec<String>>,
     pub count_clicks: Option<Vec<String>>,
     pub ua_cache_size: Option<u64>,
+    pub tls_listen: Option<String>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub tls_reload_ms: Option<u64>,
+    #[serde(default)]
+    pub tls_certificates: Vec<RawCertificate>,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
@@ -157,6 +178,16 @@ pub struct Config {
     /// Tracking host (lower case, no port) to tenant.
     pub tenants: HashMap<String, Tenant>,
     pub classify: classify::Settings,
+    pub tls: Option<TlsSettings>,
+}
+
+/// HTTPS on its own listener, beside the plain one.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub listen: SocketAddr,
+    /// The first answers clients that send no SNI name or an unknown one.
+    pub certificates: Vec<CertSpec>,
+    pub reload_every: Duration,
 }
 
 impl RawConfig {
@@ -213,6 +244,10 @@ impl RawConfig {
                 "WAYMARK_COUNT_OPENS" => self.count_opens = Some(list(value)),
                 "WAYMARK_COUNT_CLICKS" => self.count_clicks = Some(list(value)),
                 "WAYMARK_UA_CACHE_SIZE" => self.ua_cache_size = Some(number()?),
+                "WAYMARK_TLS_LISTEN" => self.tls_listen = Some(value),
+                "WAYMARK_TLS_CERT" => self.tls_cert = Some(value),
+                "WAYMARK_TLS_KEY" => self.tls_key = Some(value),
+                "WAYMARK_TLS_RELOAD_MS" => self.tls_reload_ms = Some(number()?),
                 _ => unreachable!("every variable in ENV_VARS is handled"),
             }
         }
@@ -294,6 +329,41 @@ impl RawConfig {
             }
         }
 
+        let mut certificates = Vec::new();
+        match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => {
+                certificates.push(CertSpec { hosts: vec![], cert: cert.into(), key: key.into() })
+            }
+            (None, None) => {}
+            (Some(_), None) => return Err(invalid("tls_key", "", "a key file to go with tls_cert")),
+            (None, Some(_)) => return Err(invalid("tls_cert", "", "a certificate file to go with tls_key")),
+        }
+        certificates.extend(self.tls_certificates.into_iter().map(|c| CertSpec {
+            hosts: c.hosts,
+            cert: c.cert.into(),
+            key: c.key.into(),
+        }));
+        let tls = match self.tls_listen {
+            Some(text) => {
+                let listen = text.parse().map_err(|_| {
+                    invalid("tls_listen", &text, "an IP address and port such as 0.0.0.0:8443")
+                })?;
+                if certificates.is_empty() {
+                    return Err(invalid(
+                        "tls_listen",
+                        &text,
+                        "a certificate too (tls_cert and tls_key, or [[tls_certificates]])",
+                    ));
+                }
+                let reload_every = ms(positive("tls_reload_ms", self.tls_reload_ms, 10_000, 86_400_000)?);
+                Some(TlsSettings { listen, certificates, reload_every })
+            }
+            None if !certificates.is_empty() => {
+                return Err(invalid("tls_listen", "", "an address to serve the configured certificates on"));
+            }
+            None => None,
+        };
+
         let (keys, key_source) = load_keys(self.keys, self.keys_file, &data_dir)?;
         Ok(Config {
             listen,
@@ -312,6 +382,7 @@ impl RawConfig {
             log,
             tenants,
             classify,
+            tls,
         })
     }
 }

@@ -29,4 +29,5 @@ pub mod pages;
 pub mod pipeline;
 pub mod server;
 pub mod sink;
+pub mod tls;
 pub mod token;

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Classifier;
 use crate::config::Config;
@@ -23,6 +25,7 @@ use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
 use crate::sink::file::FileSink;
 use crate::sink::{Sink, SinkError};
+use crate::tls::Certificates;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -32,16 +35,25 @@ pub enum ServeError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Classify(#[from] crate::classify::ClassifyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 pub struct Server {
     listener: TcpListener,
+    tls: Option<TlsListener>,
     edge: Arc<Edge>,
     pipeline: Pipeline,
     stats: Arc<Stats>,
     health: Arc<Health>,
     grace: Duration,
     header_read_timeout: Duration,
+}
+
+struct TlsListener {
+    listener: TcpListener,
+    certificates: Arc<Certificates>,
+    reload_every: Duration,
 }
 
 impl Server {
@@ -56,6 +68,16 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
+        let tls = match config.tls {
+            Some(tls) => Some(TlsListener {
+                certificates: Certificates::load(tls.certificates)?,
+                listener: TcpListener::bind(tls.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: tls.listen, source })?,
+                reload_every: tls.reload_every,
+            }),
+            None => None,
+        };
         let health = Arc::new(Health::default());
         let stats = recorder.stats().clone();
         let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, vec![]));
@@ -70,6 +92,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            tls,
             edge,
             pipeline,
             stats,
@@ -83,6 +106,11 @@ impl Server {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The HTTPS listener's address, when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.listener.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
@@ -93,46 +121,38 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, edge, pipeline, stats, health, grace, header_read_timeout } = self;
+        let Server { listener, tls, edge, pipeline, stats, health, grace, header_read_timeout } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let edge = edge.clone();
-            let service = service_fn(move |req| {
-                let started = Instant::now();
-                let response = edge.handle(&req, peer);
-                let route = crate::http::route(req.uri().path()).name();
-                let m = &edge.metrics;
-                m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
-                m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-            });
+        let graceful = Arc::new(GracefulShutdown::new());
+        let conns = Connections {
+            builder: Arc::new(builder),
+            edge: edge.clone(),
+            handshake_timeout: header_read_timeout,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let mut loops =
+            vec![tokio::spawn(accept_loop(listener, None, conns.clone(), graceful.clone(), stopped.clone()))];
+        if let Some(tls) = tls {
+            tls.certificates.clone().watch(tls.reload_every);
+            let acceptor = TlsAcceptor::from(tls.certificates.server_config());
+            loops.push(tokio::spawn(accept_loop(
+                tls.listener,
+                Some(acceptor),
+                conns,
+                graceful.clone(),
+                stopped,
+            )));
         }
-        drop(listener);
+        shutdown.await;
+        let _ = stop.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
         health.set_draining();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // The accept loops held the only other references, and have ended.
+        let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
@@ -144,6 +164,83 @@ impl Server {
         let recorded = stats.recorded.load(std::sync::atomic::Ordering::Relaxed);
         let published = stats.published.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(recorded, published, "stopped");
+    }
+}
+
+/// What every accepted connection needs, shared by the accept loops.
+#[derive(Clone)]
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    edge: Arc<Edge>,
+    handshake_timeout: Duration,
+}
+
+impl Connections {
+    /// Serves one connection to its end, under the graceful-shutdown watch.
+    async fn serve<S>(self, watcher: Watcher, stream: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let edge = self.edge;
+        let service = service_fn(move |req| {
+            let started = Instant::now();
+            let response = edge.handle(&req, peer);
+            let route = crate::http::route(req.uri().path()).name();
+            let m = &edge.metrics;
+            m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
+            m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+}
+
+/// Accepts connections until told to stop; with `tls`, each connection
+/// shakes hands (bounded by the header read timeout) before it is served.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    conns: Connections,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // Only ever set to true: any change, or a dropped sender, is the stop.
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        // Taken here, so no connection task keeps the shutdown handle alive.
+        let watcher = graceful.watcher();
+        let conns = conns.clone();
+        match &tls {
+            None => {
+                tokio::spawn(conns.serve(watcher, stream, peer));
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    match tokio::time::timeout(conns.handshake_timeout, handshake).await {
+                        Ok(Ok(stream)) => conns.serve(watcher, stream, peer).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
     }
 }
 
