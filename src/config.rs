@@ -19,7 +19,10 @@ use crate::classify::behaviour::Windows;
 use crate::classify::{self, CountingPolicy, Verdict};
 use crate::destination::Destination;
 use crate::keys::{KeyError, KeyRing};
+use crate::privacy::{IpMode, Privacy};
 use crate::tls::CertSpec;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -76,6 +79,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_TLS_CERT", "tls_cert"),
     ("WAYMARK_TLS_KEY", "tls_key"),
     ("WAYMARK_TLS_RELOAD_MS", "tls_reload_ms"),
+    ("WAYMARK_IP_MODE", "ip_mode"),
+    ("WAYMARK_IP_HASH_KEY", "ip_hash_key"),
+    ("WAYMARK_KEEP_USER_AGENT", "keep_user_agent"),
 ];
 
 /// One TLS certificate and the tracking hosts it serves (file only).
@@ -131,6 +137,9 @@ pub struct RawConfig {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_reload_ms: Option<u64>,
+    pub ip_mode: Option<String>,
+    pub ip_hash_key: Option<String>,
+    pub keep_user_agent: Option<bool>,
     #[serde(default)]
     pub tls_certificates: Vec<RawCertificate>,
     #[serde(default)]
@@ -179,6 +188,7 @@ pub struct Config {
     pub tenants: HashMap<String, Tenant>,
     pub classify: classify::Settings,
     pub tls: Option<TlsSettings>,
+    pub privacy: Privacy,
 }
 
 /// HTTPS on its own listener, beside the plain one.
@@ -248,6 +258,15 @@ impl RawConfig {
                 "WAYMARK_TLS_CERT" => self.tls_cert = Some(value),
                 "WAYMARK_TLS_KEY" => self.tls_key = Some(value),
                 "WAYMARK_TLS_RELOAD_MS" => self.tls_reload_ms = Some(number()?),
+                "WAYMARK_IP_MODE" => self.ip_mode = Some(value),
+                "WAYMARK_IP_HASH_KEY" => self.ip_hash_key = Some(value),
+                "WAYMARK_KEEP_USER_AGENT" => {
+                    self.keep_user_agent = Some(match value.trim() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(invalid(var, &value, "true or false")),
+                    })
+                }
                 _ => unreachable!("every variable in ENV_VARS is handled"),
             }
         }
@@ -364,6 +383,33 @@ impl RawConfig {
             None => None,
         };
 
+        let ip_mode = match self.ip_mode.as_deref() {
+            None => IpMode::Full,
+            Some(m) => {
+                IpMode::parse(m).ok_or_else(|| invalid("ip_mode", m, "full, truncated, hashed or none"))?
+            }
+        };
+        let ip_hash_key = match &self.ip_hash_key {
+            Some(k) => Some(
+                URL_SAFE_NO_PAD.decode(k.trim_end_matches('=')).ok().filter(|b| b.len() >= 16).ok_or_else(
+                    || invalid("ip_hash_key", "<redacted>", "base64url of at least 16 random bytes"),
+                )?,
+            ),
+            None if ip_mode == IpMode::Hashed => {
+                return Err(invalid(
+                    "ip_hash_key",
+                    "",
+                    "a secret key when ip_mode is hashed (waymark keygen makes one)",
+                ));
+            }
+            None => None,
+        };
+        let privacy = Privacy::new(
+            ip_mode,
+            ip_hash_key.as_deref().unwrap_or(&[0; 32]),
+            self.keep_user_agent.unwrap_or(true),
+        );
+
         let (keys, key_source) = load_keys(self.keys, self.keys_file, &data_dir)?;
         Ok(Config {
             listen,
@@ -383,6 +429,7 @@ impl RawConfig {
             tenants,
             classify,
             tls,
+            privacy,
         })
     }
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::IpAddr;
 
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
@@ -99,7 +98,7 @@ pub struct HitObject {
     pub email: Email,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkInfo>,
-    pub ip_address: Option<IpAddr>,
+    pub ip_address: Option<String>,
     pub user_agent: Option<String>,
     pub counted: bool,
     pub verdict: Verdict,
@@ -122,7 +121,7 @@ pub struct Reclassification {
     pub original_event_id: String,
     #[serde(rename = "original_type")]
     pub original_kind: EventType,
-    pub ip_address: Option<IpAddr>,
+    pub ip_address: Option<String>,
     pub counted: bool,
     pub verdict: Verdict,
     pub reasons: Vec<Reason>,
@@ -189,7 +188,7 @@ impl Event {
                     email: Email::of(hit.token.claims()),
                     original_event_id: format!("evt_{}", withdrawn.event_id),
                     original_kind: EventType::of(withdrawn.kind),
-                    ip_address: hit.client_ip,
+                    ip_address: hit.client_ip.map(|ip| ip.to_string()),
                     counted: false,
                     verdict: judgement.verdict,
                     reasons: judgement.reasons.clone(),
@@ -221,7 +220,7 @@ impl Event {
                     email: Email::of(claims),
                     dedup_key: dedup_key(claims, kind, link.as_ref().map(|l| l.index), at_ms, judgement),
                     link,
-                    ip_address: hit.client_ip,
+                    ip_address: hit.client_ip.map(|ip| ip.to_string()),
                     user_agent: hit.user_agent.clone(),
                     counted,
                     verdict: judgement.verdict,

@@ -27,6 +27,7 @@ pub mod keys;
 pub mod metrics;
 pub mod pages;
 pub mod pipeline;
+pub mod privacy;
 pub mod server;
 pub mod sink;
 pub mod tls;

@@ -17,6 +17,7 @@ use ulid::Ulid;
 use crate::classify::{Classifier, Verdict};
 use crate::event::Event;
 use crate::hit::Hit;
+use crate::privacy::Privacy;
 use crate::sink::Sink;
 use crate::token::Kind;
 
@@ -92,13 +93,14 @@ impl Pipeline {
     pub fn start(
         classifier: Classifier,
         sink: Box<dyn Sink>,
+        privacy: Privacy,
         capacity: usize,
         flush_interval: Duration,
     ) -> (Recorder, Pipeline) {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker { classifier, sink, stats: stats.clone(), stop: stop.clone() };
+        let worker = Worker { classifier, sink, privacy, stats: stats.clone(), stop: stop.clone() };
         let thread = std::thread::Builder::new()
             .name("waymark-pipeline".into())
             .spawn(move || worker.run(rx, flush_interval))
@@ -119,6 +121,7 @@ impl Pipeline {
 struct Worker {
     classifier: Classifier,
     sink: Box<dyn Sink>,
+    privacy: Privacy,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 }
@@ -166,7 +169,8 @@ impl Worker {
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn publish(&mut self, event: Event) {
+    fn publish(&mut self, mut event: Event) {
+        self.privacy.apply(&mut event);
         let event = event.encode();
         if self.check(|sink| sink.publish(&event)) {
             self.stats.published.fetch_add(1, Ordering::Relaxed);

@@ -64,7 +64,7 @@ impl Server {
         tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
         let sink: Box<dyn Sink> = Box::new(FileSink::open(&config.events_file)?);
         let (recorder, pipeline) =
-            Pipeline::start(classifier, sink, config.queue_capacity, config.flush_interval);
+            Pipeline::start(classifier, sink, config.privacy, config.queue_capacity, config.flush_interval);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
