@@ -79,6 +79,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_TLS_CERT", "tls_cert"),
     ("WAYMARK_TLS_KEY", "tls_key"),
     ("WAYMARK_TLS_RELOAD_MS", "tls_reload_ms"),
+    ("WAYMARK_MAX_CONNECTIONS", "max_connections"),
+    ("WAYMARK_MAX_HEADER_BYTES", "max_header_bytes"),
     ("WAYMARK_IP_MODE", "ip_mode"),
     ("WAYMARK_IP_HASH_KEY", "ip_hash_key"),
     ("WAYMARK_KEEP_USER_AGENT", "keep_user_agent"),
@@ -137,6 +139,8 @@ pub struct RawConfig {
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     pub tls_reload_ms: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub max_header_bytes: Option<u64>,
     pub ip_mode: Option<String>,
     pub ip_hash_key: Option<String>,
     pub keep_user_agent: Option<bool>,
@@ -181,6 +185,10 @@ pub struct Config {
     pub flush_interval: Duration,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
+    /// Connections served at once; further clients wait in the accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers) read.
+    pub max_header_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
     pub log: String,
@@ -258,6 +266,8 @@ impl RawConfig {
                 "WAYMARK_TLS_CERT" => self.tls_cert = Some(value),
                 "WAYMARK_TLS_KEY" => self.tls_key = Some(value),
                 "WAYMARK_TLS_RELOAD_MS" => self.tls_reload_ms = Some(number()?),
+                "WAYMARK_MAX_CONNECTIONS" => self.max_connections = Some(number()?),
+                "WAYMARK_MAX_HEADER_BYTES" => self.max_header_bytes = Some(number()?),
                 "WAYMARK_IP_MODE" => self.ip_mode = Some(value),
                 "WAYMARK_IP_HASH_KEY" => self.ip_hash_key = Some(value),
                 "WAYMARK_KEEP_USER_AGENT" => {
@@ -307,6 +317,11 @@ impl RawConfig {
         let header_read_timeout =
             ms(positive("header_read_timeout_ms", self.header_read_timeout_ms, 10_000, 600_000)?);
 
+        let max_connections = positive("max_connections", self.max_connections, 10_000, 1_000_000)? as usize;
+        let max_header_bytes = match self.max_header_bytes.unwrap_or(16_384) {
+            n @ 8_192..=1_048_576 => n as usize,
+            n => return Err(invalid("max_header_bytes", n.to_string(), "a size from 8192 to 1048576")),
+        };
         let trusted_proxies = self
             .trusted_proxies
             .unwrap_or_default()
@@ -423,6 +438,8 @@ impl RawConfig {
             flush_interval,
             shutdown_grace,
             header_read_timeout,
+            max_connections,
+            max_header_bytes,
             trusted_proxies,
             log_format,
             log,

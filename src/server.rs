@@ -6,15 +6,18 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Classifier;
@@ -48,6 +51,8 @@ pub struct Server {
     health: Arc<Health>,
     grace: Duration,
     header_read_timeout: Duration,
+    max_header_bytes: usize,
+    connections: Arc<Semaphore>,
 }
 
 struct TlsListener {
@@ -99,6 +104,8 @@ impl Server {
             health,
             grace: config.shutdown_grace,
             header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
         })
     }
 
@@ -121,14 +128,39 @@ impl Server {
 
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, tls, edge, pipeline, stats, health, grace, header_read_timeout } = self;
+        let Server {
+            listener,
+            tls,
+            edge,
+            pipeline,
+            stats,
+            health,
+            grace,
+            header_read_timeout,
+            max_header_bytes,
+            connections,
+        } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+        // The header read timeout also bounds an idle keep-alive connection's
+        // wait for its next request, so a slow or silent client (slowloris)
+        // cannot hold a connection past it.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(header_read_timeout)
+            .max_concurrent_streams(100);
         let graceful = Arc::new(GracefulShutdown::new());
         let conns = Connections {
             builder: Arc::new(builder),
             edge: edge.clone(),
             handshake_timeout: header_read_timeout,
+            limit: connections,
         };
         let (stop, stopped) = watch::channel(false);
         let mut loops =
@@ -172,6 +204,9 @@ impl Server {
 struct Connections {
     builder: Arc<auto::Builder<TokioExecutor>>,
     edge: Arc<Edge>,
+    /// One permit per open connection: at the cap, accepting pauses and
+    /// new clients wait in the kernel's queue rather than exhausting us.
+    limit: Arc<Semaphore>,
     handshake_timeout: Duration,
 }
 
@@ -179,8 +214,9 @@ impl Connections {
     /// Serves one connection to its end, under the graceful-shutdown watch.
     async fn serve<S>(self, watcher: Watcher, stream: S, peer: SocketAddr)
     where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let stream = FirstByte::new(stream, self.handshake_timeout);
         let edge = self.edge;
         let service = service_fn(move |req| {
             let started = Instant::now();
@@ -208,6 +244,10 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        let permit = tokio::select! {
+            permit = conns.limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.changed() => return,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -228,11 +268,15 @@ async fn accept_loop(
         let conns = conns.clone();
         match &tls {
             None => {
-                tokio::spawn(conns.serve(watcher, stream, peer));
+                tokio::spawn(async move {
+                    conns.serve(watcher, stream, peer).await;
+                    drop(permit);
+                });
             }
             Some(acceptor) => {
                 let handshake = acceptor.accept(stream);
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(conns.handshake_timeout, handshake).await {
                         Ok(Ok(stream)) => conns.serve(watcher, stream, peer).await,
                         Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
@@ -241,6 +285,69 @@ async fn accept_loop(
                 });
             }
         }
+    }
+}
+
+/// A stream whose first read must bring data within a deadline. hyper's
+/// header read timeout starts with the first byte, and protocol detection
+/// waits for that byte with no limit at all; without this, a client that
+/// connects and says nothing holds its connection for ever.
+struct FirstByte<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        FirstByte { inner, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match (&polled, self.deadline.as_mut()) {
+            (_, None) => {}
+            (Poll::Ready(_), Some(_)) if buf.filled().len() > before => self.deadline = None,
+            (Poll::Ready(_), Some(_)) => {}
+            (Poll::Pending, Some(deadline)) => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 
