@@ -261,7 +261,8 @@ fn the_healthcheck_command_probes_the_service() {
 #[test]
 fn privacy_settings_reduce_what_events_keep() {
     let keys = key_entry("k1");
-    let cases: [(&[(&str, &str)], fn(&serde_json::Value) -> bool); 4] = [
+    type Check = fn(&serde_json::Value) -> bool;
+    let cases: [(&[(&str, &str)], Check); 4] = [
         (&[("WAYMARK_IP_MODE", "truncated")], |o| o["ip_address"] == "127.0.0.0"),
         (&[("WAYMARK_IP_MODE", "none")], |o| o["ip_address"].is_null()),
         (
