@@ -55,11 +55,30 @@ pub enum Command {
         #[arg(long, env = "WAYMARK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Inspect or drain the Kafka sink's disk spool.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+        #[arg(long, env = "WAYMARK_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Exit 0 if the service answers 200 on its health endpoint: a container
     /// probe that needs no shell and no curl.
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Print the spool's segments, size, cursor and pending events as JSON.
+    Status,
+    /// Ship what the spool holds to the configured brokers and wait for
+    /// their acknowledgements (run it while the service is stopped).
+    Replay {
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
     },
 }
 
@@ -147,6 +166,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::Spool { action, config } => {
+            let config = load_config(config)?;
+            let crate::config::SinkSettings::Kafka(kafka) = config.sink else {
+                bail!(
+                    "no Kafka brokers are configured (kafka.brokers or WAYMARK_KAFKA_BROKERS): there is no spool"
+                );
+            };
+            match action {
+                SpoolAction::Status => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&crate::sink::spool::status(&kafka.spool_dir)?)?
+                    );
+                }
+                SpoolAction::Replay { timeout_secs } => {
+                    let (sent, acked) =
+                        crate::sink::kafka::replay_now(kafka, std::time::Duration::from_secs(timeout_secs))?;
+                    println!("sent {sent} events, {acked} acknowledged");
+                }
+            }
+            Ok(())
+        }
         Command::Sign(args) => {
             let config = load_config(args.config.clone())?;
             if args.count <= 1 {
@@ -330,7 +371,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let base = default_base(&config);
-        let events_file = config.events_file.clone();
+        let sink = config.sink.clone();
         let demo = demo_links(&config)?;
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
@@ -339,7 +380,17 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let base = base.replace(&format!(":{}", 0), &format!(":{}", addr.port()));
         let demo = demo.map(|(o, c)| (o.replace("{base}", &base), c.replace("{base}", &base)));
-        println!("events are written to {}", events_file.display());
+        match &sink {
+            crate::config::SinkSettings::File(path) => println!("events are written to {}", path.display()),
+            crate::config::SinkSettings::Kafka(k) => {
+                println!(
+                    "events go to Kafka at {} (topic {}), spooled in {}",
+                    k.brokers,
+                    k.topic,
+                    k.spool_dir.display()
+                )
+            }
+        }
         if let Some((open, click)) = demo {
             println!("try:\n  curl -s {open} | od -c\n  curl -si {click}");
         }

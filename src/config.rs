@@ -20,6 +20,8 @@ use crate::classify::{self, CountingPolicy, Verdict};
 use crate::destination::Destination;
 use crate::keys::{KeyError, KeyRing};
 use crate::privacy::{IpMode, Privacy};
+use crate::sink::kafka::KafkaSettings;
+use crate::sink::spool::SpoolSettings;
 use crate::tls::CertSpec;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -42,6 +44,14 @@ pub enum ConfigError {
     KeyFileMode { path: PathBuf, mode: u32 },
     #[error("cannot create the development key ring at {path}: {source}")]
     DevKeys { path: PathBuf, source: std::io::Error },
+}
+
+fn boolean(setting: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(invalid(setting, value, "true or false")),
+    }
 }
 
 fn invalid(setting: &str, value: impl Into<String>, expected: &str) -> ConfigError {
@@ -79,12 +89,34 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_TLS_CERT", "tls_cert"),
     ("WAYMARK_TLS_KEY", "tls_key"),
     ("WAYMARK_TLS_RELOAD_MS", "tls_reload_ms"),
+    ("WAYMARK_KAFKA_BROKERS", "kafka.brokers"),
+    ("WAYMARK_KAFKA_TOPIC", "kafka.topic"),
+    ("WAYMARK_KAFKA_TOPIC_PER_TYPE", "kafka.topic_per_type"),
+    ("WAYMARK_KAFKA_PROPERTIES", "kafka.properties"),
+    ("WAYMARK_KAFKA_FLUSH_TIMEOUT_MS", "kafka.flush_timeout_ms"),
+    ("WAYMARK_SPOOL_DIR", "spool_dir"),
+    ("WAYMARK_SPOOL_MAX_BYTES", "spool_max_bytes"),
+    ("WAYMARK_SPOOL_SEGMENT_BYTES", "spool_segment_bytes"),
+    ("WAYMARK_SPOOL_FSYNC_MS", "spool_fsync_ms"),
     ("WAYMARK_MAX_CONNECTIONS", "max_connections"),
     ("WAYMARK_MAX_HEADER_BYTES", "max_header_bytes"),
     ("WAYMARK_IP_MODE", "ip_mode"),
     ("WAYMARK_IP_HASH_KEY", "ip_hash_key"),
     ("WAYMARK_KEEP_USER_AGENT", "keep_user_agent"),
 ];
+
+/// The `[kafka]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKafka {
+    pub brokers: Option<String>,
+    pub topic: Option<String>,
+    pub topic_per_type: Option<bool>,
+    /// librdkafka properties (e.g. `"security.protocol" = "SASL_SSL"`).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+    pub flush_timeout_ms: Option<u64>,
+}
 
 /// One TLS certificate and the tracking hosts it serves (file only).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -141,6 +173,12 @@ pub struct RawConfig {
     pub tls_reload_ms: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_header_bytes: Option<u64>,
+    #[serde(default)]
+    pub kafka: RawKafka,
+    pub spool_dir: Option<String>,
+    pub spool_max_bytes: Option<u64>,
+    pub spool_segment_bytes: Option<u64>,
+    pub spool_fsync_ms: Option<u64>,
     pub ip_mode: Option<String>,
     pub ip_hash_key: Option<String>,
     pub keep_user_agent: Option<bool>,
@@ -197,6 +235,14 @@ pub struct Config {
     pub classify: classify::Settings,
     pub tls: Option<TlsSettings>,
     pub privacy: Privacy,
+    /// Where events go: the events file, or Kafka with its spool.
+    pub sink: SinkSettings,
+}
+
+#[derive(Debug, Clone)]
+pub enum SinkSettings {
+    File(PathBuf),
+    Kafka(KafkaSettings),
 }
 
 /// HTTPS on its own listener, beside the plain one.
@@ -266,17 +312,27 @@ impl RawConfig {
                 "WAYMARK_TLS_CERT" => self.tls_cert = Some(value),
                 "WAYMARK_TLS_KEY" => self.tls_key = Some(value),
                 "WAYMARK_TLS_RELOAD_MS" => self.tls_reload_ms = Some(number()?),
+                "WAYMARK_KAFKA_BROKERS" => self.kafka.brokers = Some(value),
+                "WAYMARK_KAFKA_TOPIC" => self.kafka.topic = Some(value),
+                "WAYMARK_KAFKA_TOPIC_PER_TYPE" => self.kafka.topic_per_type = Some(boolean(var, &value)?),
+                "WAYMARK_KAFKA_PROPERTIES" => {
+                    for pair in list(value.clone()) {
+                        let (k, v) = pair.split_once('=').ok_or_else(|| {
+                            invalid(var, &value, "comma-separated librdkafka properties, KEY=VALUE")
+                        })?;
+                        self.kafka.properties.insert(k.trim().to_owned(), v.trim().to_owned());
+                    }
+                }
+                "WAYMARK_KAFKA_FLUSH_TIMEOUT_MS" => self.kafka.flush_timeout_ms = Some(number()?),
+                "WAYMARK_SPOOL_DIR" => self.spool_dir = Some(value),
+                "WAYMARK_SPOOL_MAX_BYTES" => self.spool_max_bytes = Some(number()?),
+                "WAYMARK_SPOOL_SEGMENT_BYTES" => self.spool_segment_bytes = Some(number()?),
+                "WAYMARK_SPOOL_FSYNC_MS" => self.spool_fsync_ms = Some(number()?),
                 "WAYMARK_MAX_CONNECTIONS" => self.max_connections = Some(number()?),
                 "WAYMARK_MAX_HEADER_BYTES" => self.max_header_bytes = Some(number()?),
                 "WAYMARK_IP_MODE" => self.ip_mode = Some(value),
                 "WAYMARK_IP_HASH_KEY" => self.ip_hash_key = Some(value),
-                "WAYMARK_KEEP_USER_AGENT" => {
-                    self.keep_user_agent = Some(match value.trim() {
-                        "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        _ => return Err(invalid(var, &value, "true or false")),
-                    })
-                }
+                "WAYMARK_KEEP_USER_AGENT" => self.keep_user_agent = Some(boolean(var, &value)?),
                 _ => unreachable!("every variable in ENV_VARS is handled"),
             }
         }
@@ -425,6 +481,53 @@ impl RawConfig {
             self.keep_user_agent.unwrap_or(true),
         );
 
+        let sink = match self.kafka.brokers.filter(|b| !b.trim().is_empty()) {
+            None => SinkSettings::File(events_file.clone()),
+            Some(brokers) => {
+                let topic = self.kafka.topic.unwrap_or_else(|| "waymark.events".into());
+                if topic.is_empty()
+                    || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    return Err(invalid(
+                        "kafka.topic",
+                        &topic,
+                        "a topic name of letters, digits, '.', '_' and '-'",
+                    ));
+                }
+                let spool = SpoolSettings {
+                    max_bytes: positive("spool_max_bytes", self.spool_max_bytes, 1 << 30, 1 << 50)?,
+                    segment_bytes: positive(
+                        "spool_segment_bytes",
+                        self.spool_segment_bytes,
+                        16 << 20,
+                        1 << 30,
+                    )?,
+                    fsync_every: ms(positive("spool_fsync_ms", self.spool_fsync_ms, 1_000, 3_600_000)?),
+                };
+                let settings = KafkaSettings {
+                    brokers,
+                    topic,
+                    topic_per_type: self.kafka.topic_per_type.unwrap_or(false),
+                    properties: self.kafka.properties.into_iter().collect(),
+                    flush_timeout: ms(positive(
+                        "kafka.flush_timeout_ms",
+                        self.kafka.flush_timeout_ms,
+                        5_000,
+                        600_000,
+                    )?),
+                    spool_dir: self.spool_dir.map(PathBuf::from).unwrap_or_else(|| data_dir.join("spool")),
+                    spool,
+                };
+                // librdkafka checks every property now, so a typo fails at start.
+                let mut probe = settings.client_config();
+                probe.set("log_level", "0");
+                probe.create::<rdkafka::producer::BaseProducer>().map_err(|e| {
+                    invalid("kafka.properties", e.to_string(), "properties librdkafka accepts")
+                })?;
+                SinkSettings::Kafka(settings)
+            }
+        };
+
         let (keys, key_source) = load_keys(self.keys, self.keys_file, &data_dir)?;
         Ok(Config {
             listen,
@@ -447,6 +550,7 @@ impl RawConfig {
             classify,
             tls,
             privacy,
+            sink,
         })
     }
 }

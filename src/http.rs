@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::config::Tenant;
 use crate::destination::Destination;
-use crate::health::{Health, Readiness};
+use crate::health::{Degraded, Health, Readiness};
 use crate::hit::{self, Hit, Method};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, ReasonLabels};
@@ -147,6 +147,13 @@ impl Edge {
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
+                Readiness::Degraded(Degraded::Spooling) => text(StatusCode::OK, "degraded: spooling\n"),
+                Readiness::Degraded(Degraded::BrokersUnreachable) => {
+                    text(StatusCode::OK, "degraded: brokers unreachable\n")
+                }
+                Readiness::Degraded(Degraded::SpoolFull) => {
+                    text(StatusCode::OK, "degraded: spool full, events are being lost\n")
+                }
                 Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             },
             Route::NotFound => not_found(),

@@ -22,11 +22,13 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::classify::Classifier;
 use crate::config::Config;
+use crate::config::SinkSettings;
 use crate::health::Health;
 use crate::http::Edge;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
 use crate::sink::file::FileSink;
+use crate::sink::kafka::{KafkaSink, KafkaStats};
 use crate::sink::{Sink, SinkError};
 use crate::tls::Certificates;
 
@@ -40,6 +42,8 @@ pub enum ServeError {
     Classify(#[from] crate::classify::ClassifyError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::sink::kafka::KafkaSetupError),
 }
 
 pub struct Server {
@@ -67,7 +71,17 @@ impl Server {
         let classifier = Classifier::new(&config.classify)?;
         let cache_stats = classifier.cache_stats().clone();
         tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
-        let sink: Box<dyn Sink> = Box::new(FileSink::open(&config.events_file)?);
+        let health = Arc::new(Health::default());
+        let mut sources: Vec<Arc<dyn crate::metrics::Source>> = Vec::new();
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkSettings::File(path) => Box::new(FileSink::open(path)?),
+            SinkSettings::Kafka(kafka) => {
+                let stats = Arc::new(KafkaStats::default());
+                sources.push(stats.clone());
+                tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
+                Box::new(KafkaSink::start(kafka.clone(), health.clone(), stats)?)
+            }
+        };
         let (recorder, pipeline) =
             Pipeline::start(classifier, sink, config.privacy, config.queue_capacity, config.flush_interval);
         let listener = TcpListener::bind(config.listen)
@@ -83,9 +97,8 @@ impl Server {
             }),
             None => None,
         };
-        let health = Arc::new(Health::default());
         let stats = recorder.stats().clone();
-        let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, vec![]));
+        let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
         let edge = Arc::new(Edge {
             keys: Arc::new(config.keys),
             recorder,
