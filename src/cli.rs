@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long, env = "WAYMARK_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Instrument an HTML email read from stdin: click URLs, the pixel, the
+    /// honeypot and the unsubscribe URL; HTML to stdout, headers to --headers.
+    Rewrite(Box<RewriteArgs>),
     /// Inspect or drain the Kafka sink's disk spool.
     Spool {
         #[command(subcommand)]
@@ -68,6 +71,40 @@ pub enum Command {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
         url: String,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RewriteArgs {
+    /// Base of the tracking URLs, e.g. https://t.example.com (default: public_url, else the listen address).
+    #[arg(long)]
+    pub base_url: Option<String>,
+    #[arg(long)]
+    pub message_id: String,
+    #[arg(long)]
+    pub recipient: Option<String>,
+    #[arg(long, default_value = "")]
+    pub tenant: String,
+    /// When the message is sent, RFC 3339 (default: now).
+    #[arg(long)]
+    pub sent_at: Option<String>,
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    #[arg(long = "meta")]
+    pub meta: Vec<String>,
+    #[arg(long)]
+    pub no_opens: bool,
+    #[arg(long)]
+    pub no_clicks: bool,
+    #[arg(long)]
+    pub no_unsubscribe: bool,
+    /// Also offer unsubscribing by mail to this address in List-Unsubscribe.
+    #[arg(long)]
+    pub unsubscribe_mailto: Option<String>,
+    /// Write the headers to add here, one `Name: value` a line (default: stderr).
+    #[arg(long)]
+    pub headers: Option<PathBuf>,
+    #[arg(long, env = "WAYMARK_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +203,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::Rewrite(args) => rewrite(&args),
         Command::Spool { action, config } => {
             let config = load_config(config)?;
             let crate::config::SinkSettings::Kafka(kafka) = config.sink else {
@@ -244,6 +282,78 @@ fn classify_line(
     Ok(())
 }
 
+fn rewrite(args: &RewriteArgs) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let config = load_config(args.config.clone())?;
+    let base = base_url(&config, args.base_url.as_deref())?;
+    let sent_at = parse_time("--sent-at", &args.sent_at)?.unwrap_or_else(now_secs);
+    let msg = crate::rewrite::Message {
+        base_url: Destination::parse(&base)?,
+        tenant: args.tenant.clone(),
+        message_id: args.message_id.clone(),
+        recipient: args.recipient.clone(),
+        sent_at,
+        tags: args.tags.clone(),
+        meta: parse_meta(&args.meta)?,
+        switches: crate::rewrite::Switches {
+            opens: !args.no_opens,
+            clicks: !args.no_clicks,
+            unsubscribe: !args.no_unsubscribe,
+        },
+        tracking_hosts: config.tenants.keys().cloned().collect(),
+        unsubscribe_mailto: args.unsubscribe_mailto.clone(),
+    };
+    let mut html = Vec::new();
+    std::io::stdin().read_to_end(&mut html).context("cannot read the HTML from stdin")?;
+    let out = crate::rewrite::instrument(&config.keys, &msg, &html)?;
+    std::io::stdout().write_all(&out.html)?;
+    let headers: String = out.headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    match &args.headers {
+        Some(path) => {
+            std::fs::write(path, headers).with_context(|| format!("cannot write {}", path.display()))?
+        }
+        None => eprint!("{headers}"),
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+}
+
+fn parse_time(flag: &str, v: &Option<String>) -> anyhow::Result<Option<u64>> {
+    v.as_deref()
+        .map(|t| {
+            let at = OffsetDateTime::parse(t, &Rfc3339).with_context(|| {
+                format!("{flag} {t:?} is not an RFC 3339 time such as 2026-11-24T09:30:00Z")
+            })?;
+            u64::try_from(at.unix_timestamp()).with_context(|| format!("{flag} {t:?} is before 1970"))
+        })
+        .transpose()
+}
+
+fn parse_meta(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => bail!("--meta {kv:?} is not of the form KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// `--base-url`, checked, without a trailing slash; or the default.
+fn base_url(config: &Config, given: Option<&str>) -> anyhow::Result<String> {
+    Ok(match given {
+        Some(b) => Destination::parse(b)
+            .with_context(|| format!("--base-url {b:?}"))?
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned(),
+        None => default_base(config),
+    })
+}
+
 fn healthcheck(url: &str) -> anyhow::Result<()> {
     use std::io::Read as _;
     use std::net::{TcpStream, ToSocketAddrs as _};
@@ -289,14 +399,7 @@ pub fn default_base(config: &Config) -> String {
 
 /// Mints the URL `waymark sign` prints.
 pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
-    let base = match &args.base_url {
-        Some(b) => Destination::parse(b)
-            .with_context(|| format!("--base-url {b:?}"))?
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned(),
-        None => default_base(config),
-    };
+    let base = base_url(config, args.base_url.as_deref())?;
     let target = match (args.kind, &args.url) {
         (SignKind::Click, Some(url)) => Target::Click(Link {
             index: args.link_index,
@@ -310,32 +413,14 @@ pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
         (SignKind::Open, None) => Target::Open,
         (SignKind::Unsubscribe, None) => Target::Unsubscribe,
     };
-    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
-        v.as_deref()
-            .map(|t| {
-                let at = OffsetDateTime::parse(t, &Rfc3339).with_context(|| {
-                    format!("{flag} {t:?} is not an RFC 3339 time such as 2026-11-24T09:30:00Z")
-                })?;
-                u64::try_from(at.unix_timestamp()).with_context(|| format!("{flag} {t:?} is before 1970"))
-            })
-            .transpose()
-    };
-    let meta = args
-        .meta
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => bail!("--meta {kv:?} is not of the form KEY=VALUE"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let meta = parse_meta(&args.meta)?;
     let claims = Claims {
         target,
         tenant: args.tenant.clone(),
         message_id: args.message_id.clone(),
         recipient: args.recipient.clone(),
-        sent_at: time("--sent-at", &args.sent_at)?
-            .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp() as u64),
-        expires_at: time("--expires-at", &args.expires_at)?,
+        sent_at: parse_time("--sent-at", &args.sent_at)?.unwrap_or_else(now_secs),
+        expires_at: parse_time("--expires-at", &args.expires_at)?,
         tags: args.tags.clone(),
         meta,
     };

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod pages;
 pub mod pipeline;
 pub mod privacy;
+pub mod rewrite;
 pub mod server;
 pub mod sink;
 pub mod tls;
