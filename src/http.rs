@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method as HttpMethod, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
@@ -42,6 +42,7 @@ pub const PIXEL: &[u8] = &[
 pub enum Route<'a> {
     Pixel(&'a str),
     Click(&'a str),
+    Unsubscribe(&'a str),
     Healthz,
     Readyz,
     NotFound,
@@ -53,6 +54,7 @@ impl Route<'_> {
         match self {
             Route::Pixel(_) => "pixel",
             Route::Click(_) => "click",
+            Route::Unsubscribe(_) => "unsubscribe",
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::NotFound => "not_found",
@@ -67,6 +69,9 @@ pub fn route(path: &str) -> Route<'_> {
     }
     if let Some(rest) = path.strip_prefix("/c/") {
         return Route::Click(rest);
+    }
+    if let Some(rest) = path.strip_prefix("/u/") {
+        return Route::Unsubscribe(rest);
     }
     match path {
         "/healthz" => Route::Healthz,
@@ -116,7 +121,8 @@ impl Edge {
         let Some(method) = method else {
             return match route {
                 Route::NotFound => not_found(),
-                _ => method_not_allowed(),
+                Route::Unsubscribe(_) => method_not_allowed("GET, HEAD, POST"),
+                _ => method_not_allowed("GET, HEAD"),
             };
         };
         match route {
@@ -144,6 +150,12 @@ impl Edge {
                     None => bad_link(),
                 },
             },
+            // A GET only shows the page: scanners follow every link, and
+            // only the button's POST (or the mail client's) unsubscribes.
+            Route::Unsubscribe(text) => match self.accept(req, text, Kind::Unsubscribe) {
+                Ok(_) => page(StatusCode::OK, crate::pages::UNSUBSCRIBE),
+                Err(_) => bad_link(),
+            },
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
@@ -158,6 +170,57 @@ impl Edge {
             },
             Route::NotFound => not_found(),
         }
+    }
+
+    /// Whether the request is an unsubscribe POST, whose body must be read
+    /// (by [`Edge::unsubscribe`]) before it can be answered.
+    pub fn wants_body<B>(req: &Request<B>) -> bool {
+        req.method() == HttpMethod::POST && matches!(route(req.uri().path()), Route::Unsubscribe(_))
+    }
+
+    /// RFC 8058 one-click unsubscribe: `POST /u/{token}` with the body
+    /// `List-Unsubscribe=One-Click`, from a mail client or the page's button.
+    /// No cookies, no redirects, no authentication beyond the token.
+    pub async fn unsubscribe<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Route::Unsubscribe(sealed) = route(req.uri().path()) else { return not_found() };
+        let token = match self.accept(&req, sealed, Kind::Unsubscribe) {
+            Ok(token) => token,
+            Err(_) => return bad_link(),
+        };
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_UNSUBSCRIBE_BODY as u64) {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than an unsubscribe request needs\n",
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, MAX_UNSUBSCRIBE_BODY);
+        let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than an unsubscribe request needs\n",
+                );
+            }
+            Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the request body took too long\n"),
+        };
+        if !is_one_click(&body) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "expected the form body List-Unsubscribe=One-Click (RFC 8058)\n",
+            );
+        }
+        let req = Request::from_parts(parts, ());
+        self.record(&req, peer, Method::Post, token);
+        page(StatusCode::OK, crate::pages::UNSUBSCRIBED)
     }
 
     /// The tenant whose tracking domain the request came to, if configured.
@@ -268,10 +331,22 @@ fn not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-fn method_not_allowed() -> Response<Body> {
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+/// The largest unsubscribe body read; the real one is 26 bytes.
+pub const MAX_UNSUBSCRIBE_BODY: usize = 4096;
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// RFC 8058's body, form-urlencoded or as one multipart field.
+fn is_one_click(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let urlencoded = text.split('&').any(|pair| pair.trim() == "List-Unsubscribe=One-Click");
+    let multipart = text.contains("name=\"List-Unsubscribe\"") && text.contains("One-Click");
+    urlencoded || multipart
 }
 
 #[cfg(test)]
@@ -286,6 +361,7 @@ mod tests {
             ("/o/", Route::Pixel("")),
             ("/c/abc", Route::Click("abc")),
             ("/c/abc.gif", Route::Click("abc.gif")),
+            ("/u/abc", Route::Unsubscribe("abc")),
             ("/healthz", Route::Healthz),
             ("/readyz", Route::Readyz),
             ("/", Route::NotFound),
@@ -308,6 +384,17 @@ mod tests {
         ] {
             assert_eq!(host_name(host), want);
         }
+    }
+
+    #[test]
+    fn one_click_bodies() {
+        assert!(is_one_click(b"List-Unsubscribe=One-Click"));
+        assert!(is_one_click(b"a=b&List-Unsubscribe=One-Click"));
+        assert!(is_one_click(
+            b"--x\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--x--"
+        ));
+        assert!(!is_one_click(b""));
+        assert!(!is_one_click(b"List-Unsubscribe=Maybe"));
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -231,14 +233,23 @@ impl Connections {
     {
         let stream = FirstByte::new(stream, self.handshake_timeout);
         let edge = self.edge;
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let started = Instant::now();
-            let response = edge.handle(&req, peer);
             let route = crate::http::route(req.uri().path()).name();
-            let m = &edge.metrics;
-            m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
-            m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
-            async move { Ok::<_, Infallible>(response) }
+            let edge = edge.clone();
+            async move {
+                // Only an unsubscribe POST waits for anything (its body);
+                // every other request is answered without a single await.
+                let response = if Edge::wants_body(&req) {
+                    edge.unsubscribe(req, peer).await
+                } else {
+                    edge.handle(&req, peer)
+                };
+                let m = &edge.metrics;
+                m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
+                m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
         if let Err(e) = watcher.watch(conn).await {
