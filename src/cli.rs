@@ -385,10 +385,15 @@ fn load_config(file: Option<PathBuf>) -> anyhow::Result<Config> {
 
 /// The base URL links are minted under when none is given.
 pub fn default_base(config: &Config) -> String {
-    match &config.public_url {
+    default_base_of(config.public_url.as_ref(), config.listen)
+}
+
+/// `public_url`, or `http://` and the listen address (loopback for any).
+pub fn default_base_of(public_url: Option<&Destination>, listen: std::net::SocketAddr) -> String {
+    match public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => {
-            let mut addr = config.listen;
+            let mut addr = listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -462,6 +467,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let addr = server.local_addr();
         if let Some(tls) = server.tls_addr() {
             println!("waymark listening on https://{tls}");
+        }
+        if let Some(admin) = server.admin_addr() {
+            println!("admin (metrics, instrument API) on http://{admin}");
         }
         let base = base.replace(&format!(":{}", 0), &format!(":{}", addr.port()));
         let demo = demo.map(|(o, c)| (o.replace("{base}", &base), c.replace("{base}", &base)));

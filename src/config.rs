@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -20,6 +21,7 @@ use crate::classify::{self, CountingPolicy, Verdict};
 use crate::destination::Destination;
 use crate::keys::{KeyError, KeyRing};
 use crate::privacy::{IpMode, Privacy};
+use crate::rewrite::Switches;
 use crate::sink::kafka::KafkaSettings;
 use crate::sink::spool::SpoolSettings;
 use crate::tls::CertSpec;
@@ -98,6 +100,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_SPOOL_MAX_BYTES", "spool_max_bytes"),
     ("WAYMARK_SPOOL_SEGMENT_BYTES", "spool_segment_bytes"),
     ("WAYMARK_SPOOL_FSYNC_MS", "spool_fsync_ms"),
+    ("WAYMARK_ADMIN_LISTEN", "admin_listen"),
+    ("WAYMARK_ADMIN_TOKEN", "admin_token"),
+    ("WAYMARK_ADMIN_MAX_BODY_BYTES", "admin_max_body_bytes"),
+    ("WAYMARK_UNKNOWN_HOSTS", "unknown_hosts"),
     ("WAYMARK_MAX_CONNECTIONS", "max_connections"),
     ("WAYMARK_MAX_HEADER_BYTES", "max_header_bytes"),
     ("WAYMARK_IP_MODE", "ip_mode"),
@@ -135,6 +141,12 @@ pub struct RawTenant {
     pub name: String,
     pub hosts: Vec<String>,
     pub fallback_url: Option<String>,
+    /// Tracking defaults for this tenant's mail (each on unless set false).
+    pub opens: Option<bool>,
+    pub clicks: Option<bool>,
+    pub unsubscribe: Option<bool>,
+    /// Its own key ring (`KID:SECRET` entries); the global ring otherwise.
+    pub keys: Option<Vec<String>>,
 }
 
 /// Settings as written, before any checking. Every field is optional: a
@@ -173,6 +185,10 @@ pub struct RawConfig {
     pub tls_reload_ms: Option<u64>,
     pub max_connections: Option<u64>,
     pub max_header_bytes: Option<u64>,
+    pub admin_listen: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_max_body_bytes: Option<u64>,
+    pub unknown_hosts: Option<String>,
     #[serde(default)]
     pub kafka: RawKafka,
     pub spool_dir: Option<String>,
@@ -205,6 +221,19 @@ pub enum KeySource {
 pub struct Tenant {
     pub name: String,
     pub fallback_url: Option<Destination>,
+    /// `https://` + its first host: the base of the URLs minted for it.
+    pub base_url: Destination,
+    pub switches: Switches,
+    pub keys: Option<Arc<KeyRing>>,
+}
+
+/// What a request to a host no tenant claims gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownHosts {
+    /// Treated as the default tenant (empty name).
+    Default,
+    /// Every token refused: no redirect, no event.
+    Reject,
 }
 
 /// The checked configuration the service runs on.
@@ -232,6 +261,9 @@ pub struct Config {
     pub log: String,
     /// Tracking host (lower case, no port) to tenant.
     pub tenants: HashMap<String, Tenant>,
+    pub unknown_hosts: UnknownHosts,
+    /// The internal listener: metrics, health and the instrument API.
+    pub admin: Option<AdminSettings>,
     pub classify: classify::Settings,
     pub tls: Option<TlsSettings>,
     pub privacy: Privacy,
@@ -243,6 +275,15 @@ pub struct Config {
 pub enum SinkSettings {
     File(PathBuf),
     Kafka(KafkaSettings),
+}
+
+/// The internal admin listener; never the public one.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Bearer token for `/v1/*`; without one the instrument API is off.
+    pub token: Option<String>,
+    pub max_body: usize,
 }
 
 /// HTTPS on its own listener, beside the plain one.
@@ -328,6 +369,10 @@ impl RawConfig {
                 "WAYMARK_SPOOL_MAX_BYTES" => self.spool_max_bytes = Some(number()?),
                 "WAYMARK_SPOOL_SEGMENT_BYTES" => self.spool_segment_bytes = Some(number()?),
                 "WAYMARK_SPOOL_FSYNC_MS" => self.spool_fsync_ms = Some(number()?),
+                "WAYMARK_ADMIN_LISTEN" => self.admin_listen = Some(value),
+                "WAYMARK_ADMIN_TOKEN" => self.admin_token = Some(value),
+                "WAYMARK_ADMIN_MAX_BODY_BYTES" => self.admin_max_body_bytes = Some(number()?),
+                "WAYMARK_UNKNOWN_HOSTS" => self.unknown_hosts = Some(value),
                 "WAYMARK_MAX_CONNECTIONS" => self.max_connections = Some(number()?),
                 "WAYMARK_MAX_HEADER_BYTES" => self.max_header_bytes = Some(number()?),
                 "WAYMARK_IP_MODE" => self.ip_mode = Some(value),
@@ -354,6 +399,7 @@ impl RawConfig {
             })
             .transpose()
         };
+        let public_listen = listen;
         let public_url = url("public_url", self.public_url)?;
         let fallback_url = url("fallback_url", self.fallback_url)?;
         let data_dir = PathBuf::from(self.data_dir.unwrap_or_else(|| "./waymark-data".into()));
@@ -403,12 +449,34 @@ impl RawConfig {
                 return Err(invalid("tenants.name", &t.name, "a name of 1 to 63 characters"));
             }
             let fallback_url = url(&format!("{setting}.fallback_url"), t.fallback_url)?;
+            let first = t.hosts.first().cloned().unwrap_or_default();
+            let base_url = Destination::parse(&format!("https://{first}"))
+                .map_err(|_| invalid(&format!("{setting}.hosts"), &first, "at least one host name"))?;
+            let keys = t
+                .keys
+                .map(|k| {
+                    KeyRing::parse(&k.join(","))
+                        .map(Arc::new)
+                        .map_err(|source| ConfigError::Keys { setting: format!("{setting}.keys"), source })
+                })
+                .transpose()?;
+            let switches = Switches {
+                opens: t.opens.unwrap_or(true),
+                clicks: t.clicks.unwrap_or(true),
+                unsubscribe: t.unsubscribe.unwrap_or(true),
+            };
             for host in t.hosts {
                 let key = host.trim().to_ascii_lowercase();
                 if key.is_empty() || key.contains([':', '/', ' ']) {
                     return Err(invalid(&format!("{setting}.hosts"), host, "a host name without port"));
                 }
-                let tenant = Tenant { name: t.name.clone(), fallback_url: fallback_url.clone() };
+                let tenant = Tenant {
+                    name: t.name.clone(),
+                    fallback_url: fallback_url.clone(),
+                    base_url: base_url.clone(),
+                    switches,
+                    keys: keys.clone(),
+                };
                 if tenants.insert(key, tenant).is_some() {
                     return Err(invalid(
                         &format!("{setting}.hosts"),
@@ -418,6 +486,34 @@ impl RawConfig {
                 }
             }
         }
+
+        let unknown_hosts = match self.unknown_hosts.as_deref().unwrap_or("default") {
+            "default" => UnknownHosts::Default,
+            "reject" => UnknownHosts::Reject,
+            other => return Err(invalid("unknown_hosts", other, "default or reject")),
+        };
+        let admin = match self.admin_listen {
+            None => None,
+            Some(text) => {
+                let listen: SocketAddr = text.parse().map_err(|_| {
+                    invalid("admin_listen", &text, "an IP address and port such as 127.0.0.1:9090")
+                })?;
+                if listen == public_listen && listen.port() != 0 {
+                    return Err(invalid(
+                        "admin_listen",
+                        &text,
+                        "an address other than the public listener's",
+                    ));
+                }
+                let token = self.admin_token.filter(|t| !t.is_empty());
+                if token.as_ref().is_some_and(|t| t.len() < 16) {
+                    return Err(invalid("admin_token", "<redacted>", "a secret of at least 16 characters"));
+                }
+                let max_body =
+                    positive("admin_max_body_bytes", self.admin_max_body_bytes, 2 << 20, 64 << 20)? as usize;
+                Some(AdminSettings { listen, token, max_body })
+            }
+        };
 
         let mut certificates = Vec::new();
         match (self.tls_cert, self.tls_key) {
@@ -531,6 +627,8 @@ impl RawConfig {
         let (keys, key_source) = load_keys(self.keys, self.keys_file, &data_dir)?;
         Ok(Config {
             listen,
+            unknown_hosts,
+            admin,
             public_url,
             keys,
             key_source,

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt as _, Full};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use crate::config::Tenant;
+use crate::config::{Tenant, UnknownHosts};
 use crate::destination::Destination;
 use crate::health::{Degraded, Health, Readiness};
 use crate::hit::{self, Hit, Method};
@@ -88,6 +88,8 @@ pub enum Refusal {
     WrongKind,
     /// A valid token for another tenant's tracking domain.
     WrongTenant,
+    /// A host no tenant claims, with `unknown_hosts = "reject"`.
+    UnknownHost,
 }
 
 impl Refusal {
@@ -96,6 +98,7 @@ impl Refusal {
             Refusal::Open(e) => e.reason(),
             Refusal::WrongKind => "wrong_kind",
             Refusal::WrongTenant => "wrong_tenant",
+            Refusal::UnknownHost => "unknown_host",
         }
     }
 }
@@ -105,6 +108,7 @@ pub struct Edge {
     pub recorder: Recorder,
     pub fallback_url: Option<Destination>,
     pub tenants: HashMap<String, Tenant>,
+    pub unknown_hosts: UnknownHosts,
     pub trusted_proxies: Vec<IpNet>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -232,13 +236,18 @@ impl Edge {
     /// Opens the token and checks it belongs on this route and this host.
     fn accept<B>(&self, req: &Request<B>, text: &str, kind: Kind) -> Result<Token, Refusal> {
         let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-        let token = token::open(&self.keys, text, now).map_err(Refusal::Open);
+        let tenant = self.tenant(req);
+        let token = if tenant.is_none() && self.unknown_hosts == UnknownHosts::Reject {
+            Err(Refusal::UnknownHost)
+        } else {
+            let keys = tenant.and_then(|t| t.keys.as_deref()).unwrap_or(&self.keys);
+            token::open(keys, text, now).map_err(Refusal::Open)
+        };
         let token = token.and_then(|t| {
             if t.claims().target.kind() != kind {
                 return Err(Refusal::WrongKind);
             }
-            let tenant = self.tenant(req).map(|t| t.name.as_str()).unwrap_or("");
-            if t.claims().tenant != tenant {
+            if t.claims().tenant != tenant.map(|t| t.name.as_str()).unwrap_or("") {
                 return Err(Refusal::WrongTenant);
             }
             Ok(t)

@@ -2,7 +2,8 @@
 //!
 //! A request flows one way through these modules:
 //!
-//! - [`http`]: the edge. Routes `/o/` (pixel), `/c/` (click), health; answers
+//! - [`http`]: the edge. Routes `/o/` (pixel), `/c/` (click), `/u/`
+//!   (unsubscribe), health; answers
 //!   at once and hands a [`hit::Hit`] to the pipeline without waiting.
 //! - [`token`]: sealed tokens (AES-256-GCM with a key id), the only way a
 //!   URL's claims are read; [`keys`] holds the rotating key ring and
@@ -12,9 +13,13 @@
 //! - [`sink`]: where events go, behind one trait (JSON-lines file by default).
 //! - [`config`]: raw settings from file and environment, validated at start.
 //! - [`server`]: builds everything from a config, accept loop, shutdown.
-//! - [`cli`]: `waymark serve | sign | keygen`.
+//! - [`rewrite`]: instrumenting HTML email (the sending side); [`admin`]
+//!   serves it over HTTP with `/metrics`, on the internal listener only.
+//! - [`metrics`], [`health`], [`privacy`], [`tls`], [`pages`]: operations.
+//! - [`cli`]: `waymark serve | sign | keygen | classify | rewrite | spool`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;

@@ -22,9 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admin::Admin;
 use crate::classify::Classifier;
 use crate::config::Config;
 use crate::config::SinkSettings;
+use crate::destination::Destination;
 use crate::health::Health;
 use crate::http::Edge;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
@@ -51,6 +53,7 @@ pub enum ServeError {
 pub struct Server {
     listener: TcpListener,
     tls: Option<TlsListener>,
+    admin: Option<(TcpListener, Arc<Admin>)>,
     edge: Arc<Edge>,
     pipeline: Pipeline,
     stats: Arc<Stats>,
@@ -101,11 +104,35 @@ impl Server {
         };
         let stats = recorder.stats().clone();
         let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
+        let keys = Arc::new(config.keys);
+        let admin = match &config.admin {
+            None => None,
+            Some(a) => {
+                let base = Destination::parse(&crate::cli::default_base_of(
+                    config.public_url.as_ref(),
+                    config.listen,
+                ))
+                .expect("the listen address makes a valid URL");
+                let app = Admin::new(
+                    metrics.clone(),
+                    keys.clone(),
+                    base,
+                    &config.tenants,
+                    a.token.as_deref(),
+                    a.max_body,
+                );
+                let listener = TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: a.listen, source })?;
+                Some((listener, Arc::new(app)))
+            }
+        };
         let edge = Arc::new(Edge {
-            keys: Arc::new(config.keys),
+            keys,
             recorder,
             fallback_url: config.fallback_url,
             tenants: config.tenants,
+            unknown_hosts: config.unknown_hosts,
             trusted_proxies: config.trusted_proxies,
             health: health.clone(),
             metrics: metrics.clone(),
@@ -113,6 +140,7 @@ impl Server {
         Ok(Server {
             listener,
             tls,
+            admin,
             edge,
             pipeline,
             stats,
@@ -126,6 +154,11 @@ impl Server {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The admin listener's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(l, _)| l.local_addr().expect("a bound listener has an address"))
     }
 
     /// The HTTPS listener's address, when TLS is configured.
@@ -146,6 +179,7 @@ impl Server {
         let Server {
             listener,
             tls,
+            admin,
             edge,
             pipeline,
             stats,
@@ -173,13 +207,26 @@ impl Server {
         let graceful = Arc::new(GracefulShutdown::new());
         let conns = Connections {
             builder: Arc::new(builder),
-            edge: edge.clone(),
+            app: App::Edge(edge.clone()),
             handshake_timeout: header_read_timeout,
             limit: connections,
         };
         let (stop, stopped) = watch::channel(false);
         let mut loops =
             vec![tokio::spawn(accept_loop(listener, None, conns.clone(), graceful.clone(), stopped.clone()))];
+        if let Some((listener, admin)) = admin {
+            // Its own small connection budget: scrapes and API calls never
+            // compete with tracking traffic for the public one.
+            let admin_conns =
+                Connections { app: App::Admin(admin), limit: Arc::new(Semaphore::new(64)), ..conns.clone() };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                admin_conns,
+                graceful.clone(),
+                stopped.clone(),
+            )));
+        }
         if let Some(tls) = tls {
             tls.certificates.clone().watch(tls.reload_every);
             let acceptor = TlsAcceptor::from(tls.certificates.server_config());
@@ -214,11 +261,18 @@ impl Server {
     }
 }
 
+/// The service a listener serves.
+#[derive(Clone)]
+enum App {
+    Edge(Arc<Edge>),
+    Admin(Arc<Admin>),
+}
+
 /// What every accepted connection needs, shared by the accept loops.
 #[derive(Clone)]
 struct Connections {
     builder: Arc<auto::Builder<TokioExecutor>>,
-    edge: Arc<Edge>,
+    app: App,
     /// One permit per open connection: at the cap, accepting pauses and
     /// new clients wait in the kernel's queue rather than exhausting us.
     limit: Arc<Semaphore>,
@@ -231,8 +285,21 @@ impl Connections {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let stream = FirstByte::new(stream, self.handshake_timeout);
-        let edge = self.edge;
+        let stream = TokioIo::new(FirstByte::new(stream, self.handshake_timeout));
+        let edge = match self.app {
+            App::Edge(edge) => edge,
+            App::Admin(admin) => {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                });
+                let conn = self.builder.serve_connection(stream, service).into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, %peer, "admin connection ended with an error");
+                }
+                return;
+            }
+        };
         let service = service_fn(move |req: Request<Incoming>| {
             let started = Instant::now();
             let route = crate::http::route(req.uri().path()).name();
@@ -251,7 +318,7 @@ impl Connections {
                 Ok::<_, Infallible>(response)
             }
         });
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = self.builder.serve_connection(stream, service).into_owned();
         if let Err(e) = watcher.watch(conn).await {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
