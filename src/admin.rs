@@ -21,6 +21,7 @@ use crate::config::Tenant;
 use crate::destination::Destination;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::ratelimit::ClientLimit;
 use crate::rewrite::{self, Message, Switches};
 
 pub struct Admin {
@@ -32,6 +33,7 @@ pub struct Admin {
     pub tenants: HashMap<String, Tenant>,
     pub max_body: usize,
     auth: Option<(hmac::Key, hmac::Tag)>,
+    limit: ClientLimit,
 }
 
 impl Admin {
@@ -42,6 +44,7 @@ impl Admin {
         tenants_by_host: &HashMap<String, Tenant>,
         token: Option<&str>,
         max_body: usize,
+        rate: std::num::NonZeroU32,
     ) -> Admin {
         // The token is compared as an HMAC under a key made at start, so the
         // comparison takes the same time whatever the guess.
@@ -53,14 +56,22 @@ impl Admin {
             (key, tag)
         });
         let tenants = tenants_by_host.values().map(|t| (t.name.clone(), t.clone())).collect();
-        Admin { metrics, keys, base_url, tenants, max_body, auth }
+        Admin { metrics, keys, base_url, tenants, max_body, auth, limit: ClientLimit::per_minute(rate) }
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub async fn handle<B>(&self, req: Request<B>, peer: std::net::IpAddr) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        if req.uri().path().starts_with("/v1/") && !self.limit.allow(peer) {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many requests from this address; try again in a minute",
+            );
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/metrics") => {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,6 +105,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("WAYMARK_ADMIN_TOKEN", "admin_token"),
     ("WAYMARK_ADMIN_MAX_BODY_BYTES", "admin_max_body_bytes"),
     ("WAYMARK_UNKNOWN_HOSTS", "unknown_hosts"),
+    ("WAYMARK_UNSUBSCRIBE_RATE_PER_MINUTE", "unsubscribe_rate_per_minute"),
+    ("WAYMARK_ADMIN_RATE_PER_MINUTE", "admin_rate_per_minute"),
     ("WAYMARK_MAX_CONNECTIONS", "max_connections"),
     ("WAYMARK_MAX_HEADER_BYTES", "max_header_bytes"),
     ("WAYMARK_IP_MODE", "ip_mode"),
@@ -189,6 +192,8 @@ pub struct RawConfig {
     pub admin_token: Option<String>,
     pub admin_max_body_bytes: Option<u64>,
     pub unknown_hosts: Option<String>,
+    pub unsubscribe_rate_per_minute: Option<u64>,
+    pub admin_rate_per_minute: Option<u64>,
     #[serde(default)]
     pub kafka: RawKafka,
     pub spool_dir: Option<String>,
@@ -262,6 +267,8 @@ pub struct Config {
     /// Tracking host (lower case, no port) to tenant.
     pub tenants: HashMap<String, Tenant>,
     pub unknown_hosts: UnknownHosts,
+    /// Requests a minute one client may make to `/u/`.
+    pub unsubscribe_rate: NonZeroU32,
     /// The internal listener: metrics, health and the instrument API.
     pub admin: Option<AdminSettings>,
     pub classify: classify::Settings,
@@ -281,6 +288,8 @@ pub enum SinkSettings {
 #[derive(Debug, Clone)]
 pub struct AdminSettings {
     pub listen: SocketAddr,
+    /// Requests a minute one client may make to `/v1/*`.
+    pub rate: NonZeroU32,
     /// Bearer token for `/v1/*`; without one the instrument API is off.
     pub token: Option<String>,
     pub max_body: usize,
@@ -373,6 +382,8 @@ impl RawConfig {
                 "WAYMARK_ADMIN_TOKEN" => self.admin_token = Some(value),
                 "WAYMARK_ADMIN_MAX_BODY_BYTES" => self.admin_max_body_bytes = Some(number()?),
                 "WAYMARK_UNKNOWN_HOSTS" => self.unknown_hosts = Some(value),
+                "WAYMARK_UNSUBSCRIBE_RATE_PER_MINUTE" => self.unsubscribe_rate_per_minute = Some(number()?),
+                "WAYMARK_ADMIN_RATE_PER_MINUTE" => self.admin_rate_per_minute = Some(number()?),
                 "WAYMARK_MAX_CONNECTIONS" => self.max_connections = Some(number()?),
                 "WAYMARK_MAX_HEADER_BYTES" => self.max_header_bytes = Some(number()?),
                 "WAYMARK_IP_MODE" => self.ip_mode = Some(value),
@@ -492,6 +503,11 @@ impl RawConfig {
             "reject" => UnknownHosts::Reject,
             other => return Err(invalid("unknown_hosts", other, "default or reject")),
         };
+        let rate = |setting: &str, v: Option<u64>, default: u64| -> Result<NonZeroU32, ConfigError> {
+            let n = positive(setting, v, default, 1_000_000)?;
+            Ok(NonZeroU32::new(n as u32).expect("positive"))
+        };
+        let unsubscribe_rate = rate("unsubscribe_rate_per_minute", self.unsubscribe_rate_per_minute, 30)?;
         let admin = match self.admin_listen {
             None => None,
             Some(text) => {
@@ -511,7 +527,8 @@ impl RawConfig {
                 }
                 let max_body =
                     positive("admin_max_body_bytes", self.admin_max_body_bytes, 2 << 20, 64 << 20)? as usize;
-                Some(AdminSettings { listen, token, max_body })
+                let rate = rate("admin_rate_per_minute", self.admin_rate_per_minute, 600)?;
+                Some(AdminSettings { listen, rate, token, max_body })
             }
         };
 
@@ -628,6 +645,7 @@ impl RawConfig {
         Ok(Config {
             listen,
             unknown_hosts,
+            unsubscribe_rate,
             admin,
             public_url,
             keys,

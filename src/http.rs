@@ -25,6 +25,7 @@ use crate::hit::{self, Hit, Method};
 use crate::keys::KeyRing;
 use crate::metrics::{Metrics, ReasonLabels};
 use crate::pipeline::Recorder;
+use crate::ratelimit::ClientLimit;
 use crate::token::{self, Kind, OpenError, Token};
 
 pub type Body = Full<Bytes>;
@@ -112,6 +113,8 @@ pub struct Edge {
     pub trusted_proxies: Vec<IpNet>,
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
+    /// Per-client limit on `/u/`, the one route that changes state.
+    pub unsubscribe_limit: ClientLimit,
 }
 
 impl Edge {
@@ -156,6 +159,7 @@ impl Edge {
             },
             // A GET only shows the page: scanners follow every link, and
             // only the button's POST (or the mail client's) unsubscribes.
+            Route::Unsubscribe(_) if !self.within_limit(req, peer) => too_many(),
             Route::Unsubscribe(text) => match self.accept(req, text, Kind::Unsubscribe) {
                 Ok(_) => page(StatusCode::OK, crate::pages::UNSUBSCRIBE),
                 Err(_) => bad_link(),
@@ -191,6 +195,9 @@ impl Edge {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let Route::Unsubscribe(sealed) = route(req.uri().path()) else { return not_found() };
+        if !self.within_limit(&req, peer) {
+            return too_many();
+        }
         let token = match self.accept(&req, sealed, Kind::Unsubscribe) {
             Ok(token) => token,
             Err(_) => return bad_link(),
@@ -225,6 +232,10 @@ impl Edge {
         let req = Request::from_parts(parts, ());
         self.record(&req, peer, Method::Post, token);
         page(StatusCode::OK, crate::pages::UNSUBSCRIBED)
+    }
+
+    fn within_limit<B>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
+        self.unsubscribe_limit.allow(hit::client_ip(peer.ip(), req.headers(), &self.trusted_proxies))
     }
 
     /// The tenant whose tracking domain the request came to, if configured.
@@ -333,6 +344,13 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn too_many() -> Response<Body> {
+    let mut r =
+        text(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address; try again in a minute\n");
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
     r
 }
 

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod pages;
 pub mod pipeline;
 pub mod privacy;
+pub mod ratelimit;
 pub mod rewrite;
 pub mod server;
 pub mod sink;

@@ -31,6 +31,7 @@ use crate::health::Health;
 use crate::http::Edge;
 use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
+use crate::ratelimit::ClientLimit;
 use crate::sink::file::FileSink;
 use crate::sink::kafka::{KafkaSink, KafkaStats};
 use crate::sink::{Sink, SinkError};
@@ -120,6 +121,7 @@ impl Server {
                     &config.tenants,
                     a.token.as_deref(),
                     a.max_body,
+                    a.rate,
                 );
                 let listener = TcpListener::bind(a.listen)
                     .await
@@ -136,6 +138,7 @@ impl Server {
             trusted_proxies: config.trusted_proxies,
             health: health.clone(),
             metrics: metrics.clone(),
+            unsubscribe_limit: ClientLimit::per_minute(config.unsubscribe_rate),
         });
         Ok(Server {
             listener,
@@ -291,7 +294,7 @@ impl Connections {
             App::Admin(admin) => {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.handle(req).await) }
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer.ip()).await) }
                 });
                 let conn = self.builder.serve_connection(stream, service).into_owned();
                 if let Err(e) = watcher.watch(conn).await {

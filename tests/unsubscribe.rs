@@ -98,3 +98,17 @@ fn bad_unsubscribe_requests_get_clear_answers_and_no_event() {
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert!(read_events(&svc.events_path()).is_empty(), "no event from a refused request");
 }
+
+#[test]
+fn unsubscribe_is_rate_limited_per_client_but_pixels_never_are() {
+    let keys = key_entry("k1");
+    let svc = Service::start(&keys, &[("WAYMARK_UNSUBSCRIBE_RATE_PER_MINUTE", "3")]);
+    let r = ring(&keys);
+    let path = format!("/u/{}", token::seal(&r, &unsubscribe_claims("m-rate")).unwrap());
+    let statuses: Vec<u16> = (0..5).map(|_| svc.get(&path, &[]).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let limited = post(&svc, &path, "application/x-www-form-urlencoded", b"List-Unsubscribe=One-Click");
+    assert_eq!((limited.status, limited.header("retry-after")), (429, Some("60")));
+    let pixel = format!("/o/{}", token::seal(&r, &open_claims("m-rate")).unwrap());
+    assert!((0..20).all(|_| svc.get(&pixel, &[]).status == 200), "pixels are never limited");
+}
