@@ -211,11 +211,12 @@ fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
     let keys = key_entry("k1");
     let topic = topic("crash");
     own.signal("STOP");
-    let mut svc = Service::start(&keys, &kafka_env(&own.addr, &topic));
+    let svc = Service::start(&keys, &kafka_env(&own.addr, &topic));
     hits(&svc, &keys, "crash", 150);
     // Past a flush interval: every hit is in the spool, in the kernel.
     std::thread::sleep(Duration::from_millis(500));
     let data = svc.dir.path().to_owned();
+    let mut svc = svc;
     Command::new("kill").arg("-KILL").arg(svc.child.id().to_string()).status().unwrap();
     svc.child.wait().unwrap();
     let spool = std::fs::read_dir(data.join("spool")).unwrap().count();
@@ -238,7 +239,6 @@ fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
     let _ = restarted.kill();
     let _ = restarted.wait();
     assert_eq!(got.len(), 150, "spooled events replayed after the crash");
-    let _ = svc.stop();
 }
 
 #[test]
