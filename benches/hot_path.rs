@@ -87,5 +87,46 @@ fn events(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, classification, events);
+/// One whole pixel request through the edge, in process: route, open the
+/// token, build the hit, hand it to the pipeline (which writes to /dev/null
+/// on its own thread), and build the response.
+fn whole_request(c: &mut Criterion) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use waymark::http::Edge;
+    let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
+    let open = Claims { target: Target::Open, ..claims() };
+    let path = format!("/o/{}.gif", token::seal(&ring, &open).unwrap());
+    let sink = Box::new(waymark::sink::file::FileSink::open(std::path::Path::new("/dev/null")).unwrap());
+    let classifier = Classifier::new(&Settings::default()).unwrap();
+    let (recorder, _pipeline) = waymark::pipeline::Pipeline::start(
+        classifier,
+        sink,
+        waymark::privacy::Privacy::default(),
+        1 << 20,
+        std::time::Duration::from_secs(1),
+    );
+    let stats = recorder.stats().clone();
+    let edge = Edge {
+        keys: Arc::new(ring),
+        recorder,
+        fallback_url: None,
+        tenants: HashMap::new(),
+        unknown_hosts: waymark::config::UnknownHosts::Default,
+        trusted_proxies: vec![],
+        health: Arc::default(),
+        metrics: Arc::new(waymark::metrics::Metrics::new(stats, Arc::default(), vec![])),
+        unsubscribe_limit: waymark::ratelimit::ClientLimit::per_minute(
+            std::num::NonZeroU32::new(30).unwrap(),
+        ),
+    };
+    let req = http::Request::get(path.as_str())
+        .header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15")
+        .body(())
+        .unwrap();
+    let peer: std::net::SocketAddr = "203.0.113.9:50000".parse().unwrap();
+    c.bench_function("request/pixel_in_process", |b| b.iter(|| edge.handle(black_box(&req), peer)));
+}
+
+criterion_group!(benches, tokens, classification, events, whole_request);
 criterion_main!(benches);
