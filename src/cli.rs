@@ -75,22 +75,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct RewriteArgs {
-    /// Base of the tracking URLs, e.g. https://t.example.com (default: public_url, else the listen address).
-    #[arg(long)]
-    pub base_url: Option<String>,
-    #[arg(long)]
-    pub message_id: String,
-    #[arg(long)]
-    pub recipient: Option<String>,
-    #[arg(long, default_value = "")]
-    pub tenant: String,
-    /// When the message is sent, RFC 3339 (default: now).
-    #[arg(long)]
-    pub sent_at: Option<String>,
-    #[arg(long = "tag")]
-    pub tags: Vec<String>,
-    #[arg(long = "meta")]
-    pub meta: Vec<String>,
+    #[command(flatten)]
+    pub message: MessageArgs,
     #[arg(long)]
     pub no_opens: bool,
     #[arg(long)]
@@ -103,8 +89,6 @@ pub struct RewriteArgs {
     /// Write the headers to add here, one `Name: value` a line (default: stderr).
     #[arg(long)]
     pub headers: Option<PathBuf>,
-    #[arg(long, env = "WAYMARK_CONFIG")]
-    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,28 +116,19 @@ pub enum SignKind {
     Unsubscribe,
 }
 
+/// What `sign` and `rewrite` both need to know of the message.
 #[derive(Debug, Clone, clap::Args)]
-pub struct SignArgs {
-    pub kind: SignKind,
-    /// Base of the tracking URL, e.g. https://t.example.com (default: public_url, else the listen address).
+pub struct MessageArgs {
+    /// Base of the tracking URLs, e.g. https://t.example.com (default: public_url, else the listen address).
     #[arg(long)]
     pub base_url: Option<String>,
     #[arg(long)]
     pub message_id: String,
     #[arg(long)]
     pub recipient: Option<String>,
-    /// Destination of a click link: an absolute http or https URL.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Position of the link in the message (click only).
-    #[arg(long, default_value_t = 0)]
-    pub link_index: u16,
     /// When the message was sent, RFC 3339 (default: now).
     #[arg(long)]
     pub sent_at: Option<String>,
-    /// When the URL stops working, RFC 3339 (default: never).
-    #[arg(long)]
-    pub expires_at: Option<String>,
     #[arg(long, default_value = "")]
     pub tenant: String,
     #[arg(long = "tag")]
@@ -163,6 +138,22 @@ pub struct SignArgs {
     pub meta: Vec<String>,
     #[arg(long, env = "WAYMARK_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignArgs {
+    pub kind: SignKind,
+    #[command(flatten)]
+    pub message: MessageArgs,
+    /// Destination of a click link: an absolute http or https URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Position of the link in the message (click only).
+    #[arg(long, default_value_t = 0)]
+    pub link_index: u16,
+    /// When the URL stops working, RFC 3339 (default: never).
+    #[arg(long)]
+    pub expires_at: Option<String>,
     /// Mint this many URLs, one a line, for message ids ID-0, ID-1, … (for
     /// bulk sends and load tests).
     #[arg(long, default_value_t = 1)]
@@ -227,7 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sign(args) => {
-            let config = load_config(args.config.clone())?;
+            let config = load_config(args.message.config.clone())?;
             if args.count <= 1 {
                 println!("{}", sign(&config, &args)?);
                 return Ok(());
@@ -236,7 +227,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let mut out = std::io::BufWriter::new(stdout.lock());
             let mut one = SignArgs { count: 1, ..(*args).clone() };
             for i in 0..args.count {
-                one.message_id = format!("{}-{i}", args.message_id);
+                one.message.message_id = format!("{}-{i}", args.message.message_id);
                 writeln!(out, "{}", sign(&config, &one)?)?;
             }
             out.flush()?;
@@ -284,17 +275,17 @@ fn classify_line(
 
 fn rewrite(args: &RewriteArgs) -> anyhow::Result<()> {
     use std::io::Read as _;
-    let config = load_config(args.config.clone())?;
-    let base = base_url(&config, args.base_url.as_deref())?;
-    let sent_at = parse_time("--sent-at", &args.sent_at)?.unwrap_or_else(now_secs);
+    let m = &args.message;
+    let config = load_config(m.config.clone())?;
+    let base = base_url(&config, m.base_url.as_deref())?;
     let msg = crate::rewrite::Message {
         base_url: Destination::parse(&base)?,
-        tenant: args.tenant.clone(),
-        message_id: args.message_id.clone(),
-        recipient: args.recipient.clone(),
-        sent_at,
-        tags: args.tags.clone(),
-        meta: parse_meta(&args.meta)?,
+        tenant: m.tenant.clone(),
+        message_id: m.message_id.clone(),
+        recipient: m.recipient.clone(),
+        sent_at: parse_time("--sent-at", &m.sent_at)?.unwrap_or_else(now_secs),
+        tags: m.tags.clone(),
+        meta: parse_meta(&m.meta)?,
         switches: crate::rewrite::Switches {
             opens: !args.no_opens,
             clicks: !args.no_clicks,
@@ -404,7 +395,8 @@ pub fn default_base_of(public_url: Option<&Destination>, listen: std::net::Socke
 
 /// Mints the URL `waymark sign` prints.
 pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
-    let base = base_url(config, args.base_url.as_deref())?;
+    let m = &args.message;
+    let base = base_url(config, m.base_url.as_deref())?;
     let target = match (args.kind, &args.url) {
         (SignKind::Click, Some(url)) => Target::Click(Link {
             index: args.link_index,
@@ -418,15 +410,15 @@ pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
         (SignKind::Open, None) => Target::Open,
         (SignKind::Unsubscribe, None) => Target::Unsubscribe,
     };
-    let meta = parse_meta(&args.meta)?;
+    let meta = parse_meta(&m.meta)?;
     let claims = Claims {
         target,
-        tenant: args.tenant.clone(),
-        message_id: args.message_id.clone(),
-        recipient: args.recipient.clone(),
-        sent_at: parse_time("--sent-at", &args.sent_at)?.unwrap_or_else(now_secs),
+        tenant: m.tenant.clone(),
+        message_id: m.message_id.clone(),
+        recipient: m.recipient.clone(),
+        sent_at: parse_time("--sent-at", &m.sent_at)?.unwrap_or_else(now_secs),
         expires_at: parse_time("--expires-at", &args.expires_at)?,
-        tags: args.tags.clone(),
+        tags: m.tags.clone(),
         meta,
     };
     let token = token::seal(&config.keys, &claims)?;

@@ -36,6 +36,12 @@ use self::rules::{RuleFile, Rules};
 use crate::hit::{Hit, Method};
 use crate::token::{Kind, Target};
 
+/// Whether `s` can name a rule or operator in a reason code
+/// (`ua:{s}`, `net:{s}`): lower-case letters, digits and '-'.
+pub(crate) fn is_code(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Who was behind a hit. Ordered by strength of evidence: when signals
 /// disagree, the greatest wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -85,9 +85,7 @@ impl NetworkList {
         let mut operators = Vec::new();
         for (index, n) in raw.networks.into_iter().enumerate() {
             let bad = |problem: String| NetworksError::Entry { index, operator: n.operator.clone(), problem };
-            if n.operator.is_empty()
-                || !n.operator.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !super::is_code(&n.operator) {
                 return Err(bad("operator must be lower-case letters, digits and '-'".into()));
             }
             if n.source.trim().is_empty() {

@@ -92,9 +92,7 @@ impl Rules {
         let mut equals = HashMap::new();
         for (index, r) in raw.rules.into_iter().enumerate() {
             let bad = |problem: String| RulesError::Rule { index, name: r.name.clone(), problem };
-            if r.name.is_empty()
-                || !r.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !super::is_code(&r.name) {
                 return Err(bad("name must be lower-case letters, digits and '-'".into()));
             }
             if r.source.trim().is_empty() {
