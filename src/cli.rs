@@ -277,7 +277,7 @@ fn rewrite(args: &RewriteArgs) -> anyhow::Result<()> {
     use std::io::Read as _;
     let m = &args.message;
     let config = load_config(m.config.clone())?;
-    let base = base_url(&config, m.base_url.as_deref())?;
+    let (base, keys) = minting(&config, m)?;
     let msg = crate::rewrite::Message {
         base_url: Destination::parse(&base)?,
         tenant: m.tenant.clone(),
@@ -296,7 +296,7 @@ fn rewrite(args: &RewriteArgs) -> anyhow::Result<()> {
     };
     let mut html = Vec::new();
     std::io::stdin().read_to_end(&mut html).context("cannot read the HTML from stdin")?;
-    let out = crate::rewrite::instrument(&config.keys, &msg, &html)?;
+    let out = crate::rewrite::instrument(keys, &msg, &html)?;
     std::io::stdout().write_all(&out.html)?;
     let headers: String = out.headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
     match &args.headers {
@@ -333,16 +333,31 @@ fn parse_meta(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// `--base-url`, checked, without a trailing slash; or the default.
-fn base_url(config: &Config, given: Option<&str>) -> anyhow::Result<String> {
-    Ok(match given {
-        Some(b) => Destination::parse(b)
+/// Where a message's URLs are minted, and with which keys: `--base-url`
+/// (checked, without a trailing slash), else the tenant's first host, else
+/// the default; the tenant's own key ring when it has one.
+fn minting<'c>(config: &'c Config, m: &MessageArgs) -> anyhow::Result<(String, &'c crate::keys::KeyRing)> {
+    let tenant = match m.tenant.as_str() {
+        "" => None,
+        name => Some(
+            config
+                .tenants
+                .values()
+                .find(|t| t.name == name)
+                .with_context(|| format!("--tenant {name:?} is not configured in [[tenants]]"))?,
+        ),
+    };
+    let base = match (&m.base_url, tenant) {
+        (Some(b), _) => Destination::parse(b)
             .with_context(|| format!("--base-url {b:?}"))?
             .as_str()
             .trim_end_matches('/')
             .to_owned(),
-        None => default_base(config),
-    })
+        (None, Some(t)) => t.base_url.as_str().trim_end_matches('/').to_owned(),
+        (None, None) => default_base(config),
+    };
+    let keys = tenant.and_then(|t| t.keys.as_deref()).unwrap_or(&config.keys);
+    Ok((base, keys))
 }
 
 fn healthcheck(url: &str) -> anyhow::Result<()> {
@@ -396,7 +411,7 @@ pub fn default_base_of(public_url: Option<&Destination>, listen: std::net::Socke
 /// Mints the URL `waymark sign` prints.
 pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
     let m = &args.message;
-    let base = base_url(config, m.base_url.as_deref())?;
+    let (base, keys) = minting(config, m)?;
     let target = match (args.kind, &args.url) {
         (SignKind::Click, Some(url)) => Target::Click(Link {
             index: args.link_index,
@@ -421,7 +436,7 @@ pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
         tags: m.tags.clone(),
         meta,
     };
-    let token = token::seal(&config.keys, &claims)?;
+    let token = token::seal(keys, &claims)?;
     Ok(match args.kind {
         SignKind::Open => format!("{base}/o/{token}.gif"),
         SignKind::Click => format!("{base}/c/{token}"),
