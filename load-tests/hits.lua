@@ -37,7 +37,7 @@ local connections = tonumber(os.getenv("CONNECTIONS") or "1")
 function delay()
   if rate then
     -- Each connection waits so that all of them together send RATE a second.
-    return math.floor(connections * 1000 / rate)
+    return math.max(1, math.floor(connections * 1000 / rate))
   end
   return 0
 end
