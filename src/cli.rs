@@ -40,7 +40,7 @@ pub enum Command {
     },
     /// Mint a tracking URL with the configured key ring.
     Sign(Box<SignArgs>),
-    /// Classify user agents (one a line on stdin, or IP<TAB>USER_AGENT) with
+    /// Classify user agents (one a line on stdin, or `IP<TAB>USER_AGENT`) with
     /// exactly the code the server runs; prints one JSON object a line.
     Classify {
         /// Classify this one user agent instead of reading stdin.
@@ -119,7 +119,7 @@ pub enum SignKind {
 /// What `sign` and `rewrite` both need to know of the message.
 #[derive(Debug, Clone, clap::Args)]
 pub struct MessageArgs {
-    /// Base of the tracking URLs, e.g. https://t.example.com (default: public_url, else the listen address).
+    /// Base of the tracking URLs, e.g. `https://t.example.com` (default: public_url, else the listen address).
     #[arg(long)]
     pub base_url: Option<String>,
     #[arg(long)]
