@@ -508,11 +508,15 @@ impl Shipper {
                     self.stalled_since = None;
                     self.backoff = Duration::from_millis(250);
                 }
-                Err(e) => {
+                // Reports for records given up on by an earlier failure are stale.
+                Err(e) if self.in_flight.contains(&at) => {
                     self.shared.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "delivery failed; the event will be replayed from the spool");
+                    if !failed {
+                        tracing::warn!(error = %e, "delivery failed; unacknowledged events will be replayed from the spool");
+                    }
                     failed = true;
                 }
+                Err(_) => {}
             }
         }
         if !self.in_flight.is_empty() && self.stalled_since.is_none() {
@@ -524,9 +528,18 @@ impl Shipper {
         }
     }
 
-    /// Sends everything unacknowledged again, after a growing pause.
-    /// Duplicates are possible; consumers dedupe on `event_id`.
+    /// Sends everything unacknowledged again, after a growing pause, through
+    /// a fresh producer. Duplicates are possible; consumers dedupe on
+    /// `event_id`.
     fn fail(&mut self) {
+        // After its messages time out, an idempotent producer's epoch is
+        // bumped and a broker may answer it ProducerFenced from then on;
+        // a new producer (and producer id) starts clean. Dropping the old
+        // one purges what it still held: those events are in the spool.
+        match producer(&self.settings) {
+            Ok(fresh) => self.producer = fresh,
+            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer; keeping the old one"),
+        }
         let from = self.in_flight.first().copied().unwrap_or(self.next).min(self.next);
         self.in_flight.clear();
         self.next = from;
