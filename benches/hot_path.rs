@@ -1,12 +1,19 @@
-//! Benches for the work on every request: sealing and opening tokens, and
-//! encoding an event. Run with `cargo bench --bench hot_path`.
+//! Benches for the work on every hit: sealing and opening tokens,
+//! classifying (user agent cached and not, network look-up), and building
+//! and encoding an event. Run with `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
+use std::net::IpAddr;
+
 use criterion::{Criterion, criterion_group, criterion_main};
+use waymark::classify::networks::NetworkList;
+use waymark::classify::{Classifier, Settings};
 use waymark::destination::Destination;
+use waymark::event::Event;
+use waymark::hit::{Hit, Method};
 use waymark::keys::{Key, KeyId, KeyRing};
-use waymark::token::{self, Claims, Link, Target};
+use waymark::token::{self, Claims, Kind, Link, Target};
 
 fn claims() -> Claims {
     Claims {
@@ -33,5 +40,93 @@ fn tokens(c: &mut Criterion) {
     c.bench_function("token/open", |b| b.iter(|| token::open(&ring, black_box(&text), 0).unwrap()));
 }
 
-criterion_group!(benches, tokens);
+fn classification(c: &mut Criterion) {
+    let mut classifier = Classifier::new(&Settings::default()).unwrap();
+    let ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148";
+    let ip: IpAddr = "203.0.113.9".parse().unwrap();
+    classifier.assess(Kind::Click, Some(ip), Some(ua));
+    c.bench_function("classify/cached_user_agent", |b| {
+        b.iter(|| classifier.assess(Kind::Click, Some(black_box(ip)), Some(black_box(ua))))
+    });
+    // A distinct user agent every time: woothee, the rule list and a cache insert.
+    let mut n = 0u64;
+    c.bench_function("classify/uncached_user_agent", |b| {
+        b.iter(|| {
+            n += 1;
+            let ua = format!(
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0.{n} Safari/537.36"
+            );
+            classifier.assess(Kind::Click, Some(ip), Some(&ua))
+        })
+    });
+    let networks = NetworkList::builtin();
+    let addrs: Vec<IpAddr> = ["40.107.1.1", "17.58.2.3", "203.0.113.9", "2a01:111:f400::1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    c.bench_function("classify/network_lookup", |b| {
+        b.iter(|| addrs.iter().map(|a| networks.find(black_box(*a)).is_some() as u8).sum::<u8>())
+    });
+}
+
+fn events(c: &mut Criterion) {
+    let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
+    let token = token::open(&ring, &token::seal(&ring, &claims()).unwrap(), 0).unwrap();
+    let hit = Hit {
+        token,
+        at: time::OffsetDateTime::now_utc(),
+        method: Method::Get,
+        client_ip: Some("203.0.113.9".parse().unwrap()),
+        user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)".into()),
+    };
+    let mut classifier = Classifier::new(&Settings::default()).unwrap();
+    let id = ulid::Ulid::from_datetime(hit.at.into());
+    let judgement = classifier.judge(&hit, id).judgement;
+    c.bench_function("event/build_and_encode", |b| {
+        b.iter(|| Event::from_hit(black_box(&hit), id, &judgement).encode())
+    });
+}
+
+/// One whole pixel request through the edge, in process: route, open the
+/// token, build the hit, hand it to the pipeline (which writes to /dev/null
+/// on its own thread), and build the response.
+fn whole_request(c: &mut Criterion) {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use waymark::http::Edge;
+    let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
+    let open = Claims { target: Target::Open, ..claims() };
+    let path = format!("/o/{}.gif", token::seal(&ring, &open).unwrap());
+    let sink = Box::new(waymark::sink::file::FileSink::open(std::path::Path::new("/dev/null")).unwrap());
+    let classifier = Classifier::new(&Settings::default()).unwrap();
+    let (recorder, _pipeline) = waymark::pipeline::Pipeline::start(
+        classifier,
+        sink,
+        waymark::privacy::Privacy::default(),
+        1 << 20,
+        std::time::Duration::from_secs(1),
+    );
+    let stats = recorder.stats().clone();
+    let edge = Edge {
+        keys: Arc::new(ring),
+        recorder,
+        fallback_url: None,
+        tenants: HashMap::new(),
+        unknown_hosts: waymark::config::UnknownHosts::Default,
+        trusted_proxies: vec![],
+        health: Arc::default(),
+        metrics: Arc::new(waymark::metrics::Metrics::new(stats, Arc::default(), vec![])),
+        unsubscribe_limit: waymark::ratelimit::ClientLimit::per_minute(
+            std::num::NonZeroU32::new(30).unwrap(),
+        ),
+    };
+    let req = http::Request::get(path.as_str())
+        .header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15")
+        .body(())
+        .unwrap();
+    let peer: std::net::SocketAddr = "203.0.113.9:50000".parse().unwrap();
+    c.bench_function("request/pixel_in_process", |b| b.iter(|| edge.handle(black_box(&req), peer)));
+}
+
+criterion_group!(benches, tokens, classification, events, whole_request);
 criterion_main!(benches);

@@ -9,11 +9,14 @@ use clap::{Parser, Subcommand, ValueEnum};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use std::io::{BufRead as _, Write};
+
+use crate::classify::Classifier;
 use crate::config::{Config, KeySource, LogFormat, RawConfig};
 use crate::destination::Destination;
 use crate::keys::{Key, KeyId};
 use crate::server::Server;
-use crate::token::{self, Claims, Link, Target};
+use crate::token::{self, Claims, Kind, Link, Target};
 
 #[derive(Debug, Parser)]
 #[command(name = "waymark", version, about = "Email engagement tracking at the edge")]
@@ -37,6 +40,73 @@ pub enum Command {
     },
     /// Mint a tracking URL with the configured key ring.
     Sign(Box<SignArgs>),
+    /// Classify user agents (one a line on stdin, or `IP<TAB>USER_AGENT`) with
+    /// exactly the code the server runs; prints one JSON object a line.
+    Classify {
+        /// Classify this one user agent instead of reading stdin.
+        #[arg(long)]
+        ua: Option<String>,
+        /// The client address that goes with --ua.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Judge as a hit on this kind of URL (a proxy network explains an open, not a click).
+        #[arg(long, value_enum, default_value_t = ClassifyKind::Click)]
+        kind: ClassifyKind,
+        #[arg(long, env = "WAYMARK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Instrument an HTML email read from stdin: click URLs, the pixel, the
+    /// honeypot and the unsubscribe URL; HTML to stdout, headers to --headers.
+    Rewrite(Box<RewriteArgs>),
+    /// Inspect or drain the Kafka sink's disk spool.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+        #[arg(long, env = "WAYMARK_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
+    /// Exit 0 if the service answers 200 on its health endpoint: a container
+    /// probe that needs no shell and no curl.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RewriteArgs {
+    #[command(flatten)]
+    pub message: MessageArgs,
+    #[arg(long)]
+    pub no_opens: bool,
+    #[arg(long)]
+    pub no_clicks: bool,
+    #[arg(long)]
+    pub no_unsubscribe: bool,
+    /// Also offer unsubscribing by mail to this address in List-Unsubscribe.
+    #[arg(long)]
+    pub unsubscribe_mailto: Option<String>,
+    /// Write the headers to add here, one `Name: value` a line (default: stderr).
+    #[arg(long)]
+    pub headers: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolAction {
+    /// Print the spool's segments, size, cursor and pending events as JSON.
+    Status,
+    /// Ship what the spool holds to the configured brokers and wait for
+    /// their acknowledgements (run it while the service is stopped).
+    Replay {
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ClassifyKind {
+    Open,
+    Click,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -46,28 +116,19 @@ pub enum SignKind {
     Unsubscribe,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct SignArgs {
-    pub kind: SignKind,
-    /// Base of the tracking URL, e.g. https://t.example.com (default: public_url, else the listen address).
+/// What `sign` and `rewrite` both need to know of the message.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MessageArgs {
+    /// Base of the tracking URLs, e.g. `https://t.example.com` (default: public_url, else the listen address).
     #[arg(long)]
     pub base_url: Option<String>,
     #[arg(long)]
     pub message_id: String,
     #[arg(long)]
     pub recipient: Option<String>,
-    /// Destination of a click link: an absolute http or https URL.
-    #[arg(long)]
-    pub url: Option<String>,
-    /// Position of the link in the message (click only).
-    #[arg(long, default_value_t = 0)]
-    pub link_index: u16,
     /// When the message was sent, RFC 3339 (default: now).
     #[arg(long)]
     pub sent_at: Option<String>,
-    /// When the URL stops working, RFC 3339 (default: never).
-    #[arg(long)]
-    pub expires_at: Option<String>,
     #[arg(long, default_value = "")]
     pub tenant: String,
     #[arg(long = "tag")]
@@ -77,6 +138,26 @@ pub struct SignArgs {
     pub meta: Vec<String>,
     #[arg(long, env = "WAYMARK_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SignArgs {
+    pub kind: SignKind,
+    #[command(flatten)]
+    pub message: MessageArgs,
+    /// Destination of a click link: an absolute http or https URL.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Position of the link in the message (click only).
+    #[arg(long, default_value_t = 0)]
+    pub link_index: u16,
+    /// When the URL stops working, RFC 3339 (default: never).
+    #[arg(long)]
+    pub expires_at: Option<String>,
+    /// Mint this many URLs, one a line, for message ids ID-0, ID-1, … (for
+    /// bulk sends and load tests).
+    #[arg(long, default_value_t = 1)]
+    pub count: u64,
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -90,11 +171,216 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", Key::generate_entry(&KeyId::new(&kid)?));
             Ok(())
         }
-        Command::Sign(args) => {
-            let config = load_config(args.config.clone())?;
-            println!("{}", sign(&config, &args)?);
+        Command::Classify { ua, ip, kind, config } => {
+            let raw = RawConfig::load(config.as_deref(), |k| std::env::var(k).ok())?;
+            let mut classifier = Classifier::new(&crate::config::classify_settings(&raw)?)?;
+            let kind = match kind {
+                ClassifyKind::Open => Kind::Open,
+                ClassifyKind::Click => Kind::Click,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            match ua {
+                Some(ua) => classify_line(&mut classifier, kind, ip, Some(&ua), &mut out)?,
+                None => {
+                    for line in std::io::stdin().lock().lines() {
+                        let line = line.context("cannot read stdin")?;
+                        let (ip, ua) = split_classify_line(&line)?;
+                        classify_line(&mut classifier, kind, ip, ua, &mut out)?;
+                    }
+                }
+            }
+            out.flush()?;
             Ok(())
         }
+        Command::Healthcheck { url } => healthcheck(&url),
+        Command::Rewrite(args) => rewrite(&args),
+        Command::Spool { action, config } => {
+            let config = load_config(config)?;
+            let crate::config::SinkSettings::Kafka(kafka) = config.sink else {
+                bail!(
+                    "no Kafka brokers are configured (kafka.brokers or WAYMARK_KAFKA_BROKERS): there is no spool"
+                );
+            };
+            match action {
+                SpoolAction::Status => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&crate::sink::spool::status(&kafka.spool_dir)?)?
+                    );
+                }
+                SpoolAction::Replay { timeout_secs } => {
+                    let (sent, acked) =
+                        crate::sink::kafka::replay_now(kafka, std::time::Duration::from_secs(timeout_secs))?;
+                    println!("sent {sent} events, {acked} acknowledged");
+                }
+            }
+            Ok(())
+        }
+        Command::Sign(args) => {
+            let config = load_config(args.message.config.clone())?;
+            if args.count <= 1 {
+                println!("{}", sign(&config, &args)?);
+                return Ok(());
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let mut one = SignArgs { count: 1, ..(*args).clone() };
+            for i in 0..args.count {
+                one.message.message_id = format!("{}-{i}", args.message.message_id);
+                writeln!(out, "{}", sign(&config, &one)?)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+/// `USER_AGENT` or `IP<TAB>USER_AGENT`; an empty user agent is a missing one.
+fn split_classify_line(line: &str) -> anyhow::Result<(Option<std::net::IpAddr>, Option<&str>)> {
+    let (ip, ua) = match line.split_once('\t') {
+        Some((ip, ua)) => {
+            let ip =
+                ip.trim().parse().with_context(|| format!("{ip:?} before the tab is not an IP address"))?;
+            (Some(ip), ua)
+        }
+        None => (None, line),
+    };
+    let ua = ua.trim();
+    Ok((ip, (!ua.is_empty()).then_some(ua)))
+}
+
+fn classify_line(
+    classifier: &mut Classifier,
+    kind: Kind,
+    ip: Option<std::net::IpAddr>,
+    ua: Option<&str>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let a = classifier.assess(kind, ip, ua);
+    let line = serde_json::json!({
+        "ip": ip,
+        "user_agent": ua,
+        "verdict": a.verdict,
+        "reasons": a.reasons,
+        "machine_open": a.machine_open,
+        "device": a.device,
+        "geo": a.geo,
+        "network": a.asn,
+        "rules_version": classifier.rules_version(),
+    });
+    writeln!(out, "{line}")?;
+    Ok(())
+}
+
+fn rewrite(args: &RewriteArgs) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let m = &args.message;
+    let config = load_config(m.config.clone())?;
+    let (base, keys) = minting(&config, m)?;
+    let msg = crate::rewrite::Message {
+        base_url: Destination::parse(&base)?,
+        tenant: m.tenant.clone(),
+        message_id: m.message_id.clone(),
+        recipient: m.recipient.clone(),
+        sent_at: parse_time("--sent-at", &m.sent_at)?.unwrap_or_else(now_secs),
+        tags: m.tags.clone(),
+        meta: parse_meta(&m.meta)?,
+        switches: crate::rewrite::Switches {
+            opens: !args.no_opens,
+            clicks: !args.no_clicks,
+            unsubscribe: !args.no_unsubscribe,
+        },
+        tracking_hosts: config.tenants.keys().cloned().collect(),
+        unsubscribe_mailto: args.unsubscribe_mailto.clone(),
+    };
+    let mut html = Vec::new();
+    std::io::stdin().read_to_end(&mut html).context("cannot read the HTML from stdin")?;
+    let out = crate::rewrite::instrument(keys, &msg, &html)?;
+    std::io::stdout().write_all(&out.html)?;
+    let headers: String = out.headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+    match &args.headers {
+        Some(path) => {
+            std::fs::write(path, headers).with_context(|| format!("cannot write {}", path.display()))?
+        }
+        None => eprint!("{headers}"),
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
+}
+
+fn parse_time(flag: &str, v: &Option<String>) -> anyhow::Result<Option<u64>> {
+    v.as_deref()
+        .map(|t| {
+            let at = OffsetDateTime::parse(t, &Rfc3339).with_context(|| {
+                format!("{flag} {t:?} is not an RFC 3339 time such as 2026-11-24T09:30:00Z")
+            })?;
+            u64::try_from(at.unix_timestamp()).with_context(|| format!("{flag} {t:?} is before 1970"))
+        })
+        .transpose()
+}
+
+fn parse_meta(pairs: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    pairs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+            _ => bail!("--meta {kv:?} is not of the form KEY=VALUE"),
+        })
+        .collect()
+}
+
+/// Where a message's URLs are minted, and with which keys: `--base-url`
+/// (checked, without a trailing slash), else the tenant's first host, else
+/// the default; the tenant's own key ring when it has one.
+fn minting<'c>(config: &'c Config, m: &MessageArgs) -> anyhow::Result<(String, &'c crate::keys::KeyRing)> {
+    let tenant = match m.tenant.as_str() {
+        "" => None,
+        name => Some(
+            config
+                .tenants
+                .values()
+                .find(|t| t.name == name)
+                .with_context(|| format!("--tenant {name:?} is not configured in [[tenants]]"))?,
+        ),
+    };
+    let base = match (&m.base_url, tenant) {
+        (Some(b), _) => Destination::parse(b)
+            .with_context(|| format!("--base-url {b:?}"))?
+            .as_str()
+            .trim_end_matches('/')
+            .to_owned(),
+        (None, Some(t)) => t.base_url.as_str().trim_end_matches('/').to_owned(),
+        (None, None) => default_base(config),
+    };
+    let keys = tenant.and_then(|t| t.keys.as_deref()).unwrap_or(&config.keys);
+    Ok((base, keys))
+}
+
+fn healthcheck(url: &str) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    use std::net::{TcpStream, ToSocketAddrs as _};
+    use std::time::Duration;
+    let parsed = url::Url::parse(url).with_context(|| format!("--url {url:?} is not a URL"))?;
+    if parsed.scheme() != "http" {
+        bail!("--url {url:?} has scheme {:?}: expected http", parsed.scheme());
+    }
+    let host = parsed.host_str().context("--url has no host")?;
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addr = (host, port).to_socket_addrs()?.next().with_context(|| format!("{host} does not resolve"))?;
+    let timeout = Duration::from_secs(3);
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(stream, "GET {} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n", parsed.path())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).context("no HTTP answer")?;
+    match &head[9..12] {
+        b"200" => Ok(()),
+        status => bail!("{url} answered {}", String::from_utf8_lossy(status)),
     }
 }
 
@@ -105,10 +391,15 @@ fn load_config(file: Option<PathBuf>) -> anyhow::Result<Config> {
 
 /// The base URL links are minted under when none is given.
 pub fn default_base(config: &Config) -> String {
-    match &config.public_url {
+    default_base_of(config.public_url.as_ref(), config.listen)
+}
+
+/// `public_url`, or `http://` and the listen address (loopback for any).
+pub fn default_base_of(public_url: Option<&Destination>, listen: std::net::SocketAddr) -> String {
+    match public_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => {
-            let mut addr = config.listen;
+            let mut addr = listen;
             if addr.ip().is_unspecified() {
                 addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
             }
@@ -119,14 +410,8 @@ pub fn default_base(config: &Config) -> String {
 
 /// Mints the URL `waymark sign` prints.
 pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
-    let base = match &args.base_url {
-        Some(b) => Destination::parse(b)
-            .with_context(|| format!("--base-url {b:?}"))?
-            .as_str()
-            .trim_end_matches('/')
-            .to_owned(),
-        None => default_base(config),
-    };
+    let m = &args.message;
+    let (base, keys) = minting(config, m)?;
     let target = match (args.kind, &args.url) {
         (SignKind::Click, Some(url)) => Target::Click(Link {
             index: args.link_index,
@@ -140,36 +425,18 @@ pub fn sign(config: &Config, args: &SignArgs) -> anyhow::Result<String> {
         (SignKind::Open, None) => Target::Open,
         (SignKind::Unsubscribe, None) => Target::Unsubscribe,
     };
-    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
-        v.as_deref()
-            .map(|t| {
-                let at = OffsetDateTime::parse(t, &Rfc3339).with_context(|| {
-                    format!("{flag} {t:?} is not an RFC 3339 time such as 2026-11-24T09:30:00Z")
-                })?;
-                u64::try_from(at.unix_timestamp()).with_context(|| format!("{flag} {t:?} is before 1970"))
-            })
-            .transpose()
-    };
-    let meta = args
-        .meta
-        .iter()
-        .map(|kv| match kv.split_once('=') {
-            Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-            _ => bail!("--meta {kv:?} is not of the form KEY=VALUE"),
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let meta = parse_meta(&m.meta)?;
     let claims = Claims {
         target,
-        tenant: args.tenant.clone(),
-        message_id: args.message_id.clone(),
-        recipient: args.recipient.clone(),
-        sent_at: time("--sent-at", &args.sent_at)?
-            .unwrap_or_else(|| OffsetDateTime::now_utc().unix_timestamp() as u64),
-        expires_at: time("--expires-at", &args.expires_at)?,
-        tags: args.tags.clone(),
+        tenant: m.tenant.clone(),
+        message_id: m.message_id.clone(),
+        recipient: m.recipient.clone(),
+        sent_at: parse_time("--sent-at", &m.sent_at)?.unwrap_or_else(now_secs),
+        expires_at: parse_time("--expires-at", &args.expires_at)?,
+        tags: m.tags.clone(),
         meta,
     };
-    let token = token::seal(&config.keys, &claims)?;
+    let token = token::seal(keys, &claims)?;
     Ok(match args.kind {
         SignKind::Open => format!("{base}/o/{token}.gif"),
         SignKind::Click => format!("{base}/c/{token}"),
@@ -201,13 +468,29 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let base = default_base(&config);
-        let events_file = config.events_file.clone();
+        let sink = config.sink.clone();
         let demo = demo_links(&config)?;
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
+        if let Some(tls) = server.tls_addr() {
+            println!("waymark listening on https://{tls}");
+        }
+        if let Some(admin) = server.admin_addr() {
+            println!("admin (metrics, instrument API) on http://{admin}");
+        }
         let base = base.replace(&format!(":{}", 0), &format!(":{}", addr.port()));
         let demo = demo.map(|(o, c)| (o.replace("{base}", &base), c.replace("{base}", &base)));
-        println!("events are written to {}", events_file.display());
+        match &sink {
+            crate::config::SinkSettings::File(path) => println!("events are written to {}", path.display()),
+            crate::config::SinkSettings::Kafka(k) => {
+                println!(
+                    "events go to Kafka at {} (topic {}), spooled in {}",
+                    k.brokers,
+                    k.topic,
+                    k.spool_dir.display()
+                )
+            }
+        }
         if let Some((open, click)) = demo {
             println!("try:\n  curl -s {open} | od -c\n  curl -si {click}");
         }

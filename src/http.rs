@@ -14,16 +14,18 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method as HttpMethod, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use ipnet::IpNet;
 use time::OffsetDateTime;
 
-use crate::config::Tenant;
+use crate::config::{Tenant, UnknownHosts};
 use crate::destination::Destination;
-use crate::health::{Health, Readiness};
+use crate::health::{Degraded, Health, Readiness};
 use crate::hit::{self, Hit, Method};
 use crate::keys::KeyRing;
+use crate::metrics::{Metrics, ReasonLabels};
 use crate::pipeline::Recorder;
+use crate::ratelimit::ClientLimit;
 use crate::token::{self, Kind, OpenError, Token};
 
 pub type Body = Full<Bytes>;
@@ -41,9 +43,24 @@ pub const PIXEL: &[u8] = &[
 pub enum Route<'a> {
     Pixel(&'a str),
     Click(&'a str),
+    Unsubscribe(&'a str),
     Healthz,
     Readyz,
     NotFound,
+}
+
+impl Route<'_> {
+    /// The route's name in metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Route::Pixel(_) => "pixel",
+            Route::Click(_) => "click",
+            Route::Unsubscribe(_) => "unsubscribe",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::NotFound => "not_found",
+        }
+    }
 }
 
 /// Maps a path (without query) to a route. Pure, so it is tested alone.
@@ -53,6 +70,9 @@ pub fn route(path: &str) -> Route<'_> {
     }
     if let Some(rest) = path.strip_prefix("/c/") {
         return Route::Click(rest);
+    }
+    if let Some(rest) = path.strip_prefix("/u/") {
+        return Route::Unsubscribe(rest);
     }
     match path {
         "/healthz" => Route::Healthz,
@@ -69,6 +89,8 @@ pub enum Refusal {
     WrongKind,
     /// A valid token for another tenant's tracking domain.
     WrongTenant,
+    /// A host no tenant claims, with `unknown_hosts = "reject"`.
+    UnknownHost,
 }
 
 impl Refusal {
@@ -77,6 +99,7 @@ impl Refusal {
             Refusal::Open(e) => e.reason(),
             Refusal::WrongKind => "wrong_kind",
             Refusal::WrongTenant => "wrong_tenant",
+            Refusal::UnknownHost => "unknown_host",
         }
     }
 }
@@ -86,8 +109,12 @@ pub struct Edge {
     pub recorder: Recorder,
     pub fallback_url: Option<Destination>,
     pub tenants: HashMap<String, Tenant>,
+    pub unknown_hosts: UnknownHosts,
     pub trusted_proxies: Vec<IpNet>,
     pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    /// Per-client limit on `/u/`, the one route that changes state.
+    pub unsubscribe_limit: ClientLimit,
 }
 
 impl Edge {
@@ -101,7 +128,8 @@ impl Edge {
         let Some(method) = method else {
             return match route {
                 Route::NotFound => not_found(),
-                _ => method_not_allowed(),
+                Route::Unsubscribe(_) => method_not_allowed("GET, HEAD, POST"),
+                _ => method_not_allowed("GET, HEAD"),
             };
         };
         match route {
@@ -129,13 +157,85 @@ impl Edge {
                     None => bad_link(),
                 },
             },
+            // A GET only shows the page: scanners follow every link, and
+            // only the button's POST (or the mail client's) unsubscribes.
+            Route::Unsubscribe(_) if !self.within_limit(req, peer) => too_many(),
+            Route::Unsubscribe(text) => match self.accept(req, text, Kind::Unsubscribe) {
+                Ok(_) => page(StatusCode::OK, crate::pages::UNSUBSCRIBE),
+                Err(_) => bad_link(),
+            },
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
+                Readiness::Degraded(Degraded::Spooling) => text(StatusCode::OK, "degraded: spooling\n"),
+                Readiness::Degraded(Degraded::BrokersUnreachable) => {
+                    text(StatusCode::OK, "degraded: brokers unreachable\n")
+                }
+                Readiness::Degraded(Degraded::SpoolFull) => {
+                    text(StatusCode::OK, "degraded: spool full, events are being lost\n")
+                }
                 Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             },
             Route::NotFound => not_found(),
         }
+    }
+
+    /// Whether the request is an unsubscribe POST, whose body must be read
+    /// (by [`Edge::unsubscribe`]) before it can be answered.
+    pub fn wants_body<B>(req: &Request<B>) -> bool {
+        req.method() == HttpMethod::POST && matches!(route(req.uri().path()), Route::Unsubscribe(_))
+    }
+
+    /// RFC 8058 one-click unsubscribe: `POST /u/{token}` with the body
+    /// `List-Unsubscribe=One-Click`, from a mail client or the page's button.
+    /// No cookies, no redirects, no authentication beyond the token.
+    pub async fn unsubscribe<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Route::Unsubscribe(sealed) = route(req.uri().path()) else { return not_found() };
+        if !self.within_limit(&req, peer) {
+            return too_many();
+        }
+        let token = match self.accept(&req, sealed, Kind::Unsubscribe) {
+            Ok(token) => token,
+            Err(_) => return bad_link(),
+        };
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_UNSUBSCRIBE_BODY as u64) {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than an unsubscribe request needs\n",
+            );
+        }
+        let (parts, body) = req.into_parts();
+        let limited = http_body_util::Limited::new(body, MAX_UNSUBSCRIBE_BODY);
+        let body = match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return text(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than an unsubscribe request needs\n",
+                );
+            }
+            Ok(Err(_)) => return text(StatusCode::BAD_REQUEST, "the request body could not be read\n"),
+            Err(_) => return text(StatusCode::REQUEST_TIMEOUT, "the request body took too long\n"),
+        };
+        if !is_one_click(&body) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "expected the form body List-Unsubscribe=One-Click (RFC 8058)\n",
+            );
+        }
+        let req = Request::from_parts(parts, ());
+        self.record(&req, peer, Method::Post, token);
+        page(StatusCode::OK, crate::pages::UNSUBSCRIBED)
+    }
+
+    fn within_limit<B>(&self, req: &Request<B>, peer: SocketAddr) -> bool {
+        self.unsubscribe_limit.allow(hit::client_ip(peer.ip(), req.headers(), &self.trusted_proxies))
     }
 
     /// The tenant whose tracking domain the request came to, if configured.
@@ -147,19 +247,25 @@ impl Edge {
     /// Opens the token and checks it belongs on this route and this host.
     fn accept<B>(&self, req: &Request<B>, text: &str, kind: Kind) -> Result<Token, Refusal> {
         let now = OffsetDateTime::now_utc().unix_timestamp().max(0) as u64;
-        let token = token::open(&self.keys, text, now).map_err(Refusal::Open);
+        let tenant = self.tenant(req);
+        let token = if tenant.is_none() && self.unknown_hosts == UnknownHosts::Reject {
+            Err(Refusal::UnknownHost)
+        } else {
+            let keys = tenant.and_then(|t| t.keys.as_deref()).unwrap_or(&self.keys);
+            token::open(keys, text, now).map_err(Refusal::Open)
+        };
         let token = token.and_then(|t| {
             if t.claims().target.kind() != kind {
                 return Err(Refusal::WrongKind);
             }
-            let tenant = self.tenant(req).map(|t| t.name.as_str()).unwrap_or("");
-            if t.claims().tenant != tenant {
+            if t.claims().tenant != tenant.map(|t| t.name.as_str()).unwrap_or("") {
                 return Err(Refusal::WrongTenant);
             }
             Ok(t)
         });
         if let Err(refusal) = &token {
             tracing::debug!(reason = refusal.reason(), "token refused");
+            self.metrics.token_failures.get_or_create(&ReasonLabels { reason: refusal.reason() }).inc();
         }
         token
     }
@@ -241,14 +347,33 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
+fn too_many() -> Response<Body> {
+    let mut r =
+        text(StatusCode::TOO_MANY_REQUESTS, "too many requests from this address; try again in a minute\n");
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+    r
+}
+
 fn not_found() -> Response<Body> {
     text(StatusCode::NOT_FOUND, "not found\n")
 }
 
-fn method_not_allowed() -> Response<Body> {
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+    r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     r
+}
+
+/// The largest unsubscribe body read; the real one is 26 bytes.
+pub const MAX_UNSUBSCRIBE_BODY: usize = 4096;
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// RFC 8058's body, form-urlencoded or as one multipart field.
+fn is_one_click(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    let urlencoded = text.split('&').any(|pair| pair.trim() == "List-Unsubscribe=One-Click");
+    let multipart = text.contains("name=\"List-Unsubscribe\"") && text.contains("One-Click");
+    urlencoded || multipart
 }
 
 #[cfg(test)]
@@ -263,6 +388,7 @@ mod tests {
             ("/o/", Route::Pixel("")),
             ("/c/abc", Route::Click("abc")),
             ("/c/abc.gif", Route::Click("abc.gif")),
+            ("/u/abc", Route::Unsubscribe("abc")),
             ("/healthz", Route::Healthz),
             ("/readyz", Route::Readyz),
             ("/", Route::NotFound),
@@ -285,6 +411,17 @@ mod tests {
         ] {
             assert_eq!(host_name(host), want);
         }
+    }
+
+    #[test]
+    fn one_click_bodies() {
+        assert!(is_one_click(b"List-Unsubscribe=One-Click"));
+        assert!(is_one_click(b"a=b&List-Unsubscribe=One-Click"));
+        assert!(is_one_click(
+            b"--x\r\nContent-Disposition: form-data; name=\"List-Unsubscribe\"\r\n\r\nOne-Click\r\n--x--"
+        ));
+        assert!(!is_one_click(b""));
+        assert!(!is_one_click(b"List-Unsubscribe=Maybe"));
     }
 
     #[test]

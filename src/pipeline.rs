@@ -12,18 +12,38 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::classify::Classifier;
+use ulid::Ulid;
+
+use crate::classify::{Classifier, Verdict};
 use crate::event::Event;
 use crate::hit::Hit;
+use crate::privacy::Privacy;
 use crate::sink::Sink;
+use crate::token::Kind;
 
 /// Counters the pipeline keeps, readable from anywhere.
 #[derive(Debug, Default)]
 pub struct Stats {
     pub recorded: AtomicU64,
     pub dropped: AtomicU64,
+    /// Hits the pipeline has finished with; `recorded - processed` is the queue depth.
+    pub processed: AtomicU64,
     pub published: AtomicU64,
     pub sink_errors: AtomicU64,
+    /// Judged hits by kind, verdict and counted: a fixed table, so counting
+    /// one takes no lock and no allocation.
+    verdicts: [[[AtomicU64; 2]; 4]; 3],
+}
+
+impl Stats {
+    pub fn verdict_counter(&self, kind: Kind, verdict: Verdict, counted: bool) -> &AtomicU64 {
+        let k = match kind {
+            Kind::Open => 0,
+            Kind::Click => 1,
+            Kind::Unsubscribe => 2,
+        };
+        &self.verdicts[k][verdict as usize][counted as usize]
+    }
 }
 
 /// The edge's handle: cheap to clone, never blocks.
@@ -73,13 +93,14 @@ impl Pipeline {
     pub fn start(
         classifier: Classifier,
         sink: Box<dyn Sink>,
+        privacy: Privacy,
         capacity: usize,
         flush_interval: Duration,
     ) -> (Recorder, Pipeline) {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker { classifier, sink, stats: stats.clone(), stop: stop.clone() };
+        let worker = Worker { classifier, sink, privacy, stats: stats.clone(), stop: stop.clone() };
         let thread = std::thread::Builder::new()
             .name("waymark-pipeline".into())
             .spawn(move || worker.run(rx, flush_interval))
@@ -100,6 +121,7 @@ impl Pipeline {
 struct Worker {
     classifier: Classifier,
     sink: Box<dyn Sink>,
+    privacy: Privacy,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
 }
@@ -132,8 +154,24 @@ impl Worker {
     }
 
     fn handle(&mut self, hit: &Hit) {
-        let judgement = self.classifier.judge(hit);
-        let event = Event::from_hit(hit, judgement).encode();
+        let id = Ulid::from_datetime(hit.at.into());
+        let outcome = self.classifier.judge(hit, id);
+        let j = &outcome.judgement;
+        let kind = hit.token.claims().target.kind();
+        self.stats.verdict_counter(kind, j.verdict, j.counted).fetch_add(1, Ordering::Relaxed);
+        self.publish(Event::from_hit(hit, id, j));
+        if let Some(backfill) = outcome.backfill {
+            self.publish(Event::backfill(hit, backfill, j));
+        }
+        for withdrawn in &outcome.withdrawn {
+            self.publish(Event::reclassified(hit, Ulid::from_datetime(hit.at.into()), withdrawn, j));
+        }
+        self.stats.processed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn publish(&mut self, mut event: Event) {
+        self.privacy.apply(&mut event);
+        let event = event.encode();
         if self.check(|sink| sink.publish(&event)) {
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }

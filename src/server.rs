@@ -6,22 +6,36 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+use hyper::Request;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
+use crate::admin::Admin;
 use crate::classify::Classifier;
 use crate::config::Config;
+use crate::config::SinkSettings;
+use crate::destination::Destination;
 use crate::health::Health;
 use crate::http::Edge;
+use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
+use crate::ratelimit::ClientLimit;
 use crate::sink::file::FileSink;
+use crate::sink::kafka::{KafkaSink, KafkaStats};
 use crate::sink::{Sink, SinkError};
+use crate::tls::Certificates;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -29,45 +43,115 @@ pub enum ServeError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Classify(#[from] crate::classify::ClassifyError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Kafka(#[from] crate::sink::kafka::KafkaSetupError),
 }
 
 pub struct Server {
     listener: TcpListener,
+    tls: Option<TlsListener>,
+    admin: Option<(TcpListener, Arc<Admin>)>,
     edge: Arc<Edge>,
     pipeline: Pipeline,
     stats: Arc<Stats>,
     health: Arc<Health>,
     grace: Duration,
     header_read_timeout: Duration,
+    max_header_bytes: usize,
+    connections: Arc<Semaphore>,
+}
+
+struct TlsListener {
+    listener: TcpListener,
+    certificates: Arc<Certificates>,
+    reload_every: Duration,
 }
 
 impl Server {
     /// Opens the sink and binds the listener; fails here, not later.
     pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let sink: Box<dyn Sink> = Box::new(FileSink::open(&config.events_file)?);
+        let classifier = Classifier::new(&config.classify)?;
+        let cache_stats = classifier.cache_stats().clone();
+        tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
+        let health = Arc::new(Health::default());
+        let mut sources: Vec<Arc<dyn crate::metrics::Source>> = Vec::new();
+        let sink: Box<dyn Sink> = match &config.sink {
+            SinkSettings::File(path) => Box::new(FileSink::open(path)?),
+            SinkSettings::Kafka(kafka) => {
+                let stats = Arc::new(KafkaStats::default());
+                sources.push(stats.clone());
+                tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
+                Box::new(KafkaSink::start(kafka.clone(), health.clone(), stats)?)
+            }
+        };
         let (recorder, pipeline) =
-            Pipeline::start(Classifier::default(), sink, config.queue_capacity, config.flush_interval);
+            Pipeline::start(classifier, sink, config.privacy, config.queue_capacity, config.flush_interval);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-        let health = Arc::new(Health::default());
+        let tls = match config.tls {
+            Some(tls) => Some(TlsListener {
+                certificates: Certificates::load(tls.certificates)?,
+                listener: TcpListener::bind(tls.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: tls.listen, source })?,
+                reload_every: tls.reload_every,
+            }),
+            None => None,
+        };
         let stats = recorder.stats().clone();
+        let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
+        let keys = Arc::new(config.keys);
+        let admin = match &config.admin {
+            None => None,
+            Some(a) => {
+                let base = Destination::parse(&crate::cli::default_base_of(
+                    config.public_url.as_ref(),
+                    config.listen,
+                ))
+                .expect("the listen address makes a valid URL");
+                let app = Admin::new(
+                    metrics.clone(),
+                    keys.clone(),
+                    base,
+                    &config.tenants,
+                    a.token.as_deref(),
+                    a.max_body,
+                    a.rate,
+                );
+                let listener = TcpListener::bind(a.listen)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr: a.listen, source })?;
+                Some((listener, Arc::new(app)))
+            }
+        };
         let edge = Arc::new(Edge {
-            keys: Arc::new(config.keys),
+            keys,
             recorder,
             fallback_url: config.fallback_url,
             tenants: config.tenants,
+            unknown_hosts: config.unknown_hosts,
             trusted_proxies: config.trusted_proxies,
             health: health.clone(),
+            metrics: metrics.clone(),
+            unsubscribe_limit: ClientLimit::per_minute(config.unsubscribe_rate),
         });
         Ok(Server {
             listener,
+            tls,
+            admin,
             edge,
             pipeline,
             stats,
             health,
             grace: config.shutdown_grace,
             header_read_timeout: config.header_read_timeout,
+            max_header_bytes: config.max_header_bytes,
+            connections: Arc::new(Semaphore::new(config.max_connections)),
         })
     }
 
@@ -75,47 +159,97 @@ impl Server {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// The admin listener's address, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|(l, _)| l.local_addr().expect("a bound listener has an address"))
+    }
+
+    /// The HTTPS listener's address, when TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().map(|t| t.listener.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn stats(&self) -> &Arc<Stats> {
         &self.stats
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.edge.metrics
+    }
+
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server { listener, edge, pipeline, stats, health, grace, header_read_timeout } = self;
+        let Server {
+            listener,
+            tls,
+            admin,
+            edge,
+            pipeline,
+            stats,
+            health,
+            grace,
+            header_read_timeout,
+            max_header_bytes,
+            connections,
+        } = self;
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
-        let graceful = GracefulShutdown::new();
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off
-                        // briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let edge = edge.clone();
-            let service = service_fn(move |req| {
-                let response = edge.handle(&req, peer);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                }
-            });
+        // The header read timeout also bounds an idle keep-alive connection's
+        // wait for its next request, so a slow or silent client (slowloris)
+        // cannot hold a connection past it.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_bytes)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(header_read_timeout)
+            .max_concurrent_streams(100);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let conns = Connections {
+            builder: Arc::new(builder),
+            app: App::Edge(edge.clone()),
+            handshake_timeout: header_read_timeout,
+            limit: connections,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let mut loops =
+            vec![tokio::spawn(accept_loop(listener, None, conns.clone(), graceful.clone(), stopped.clone()))];
+        if let Some((listener, admin)) = admin {
+            // Its own small connection budget: scrapes and API calls never
+            // compete with tracking traffic for the public one.
+            let admin_conns =
+                Connections { app: App::Admin(admin), limit: Arc::new(Semaphore::new(64)), ..conns.clone() };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                None,
+                admin_conns,
+                graceful.clone(),
+                stopped.clone(),
+            )));
         }
-        drop(listener);
+        if let Some(tls) = tls {
+            tls.certificates.clone().watch(tls.reload_every);
+            let acceptor = TlsAcceptor::from(tls.certificates.server_config());
+            loops.push(tokio::spawn(accept_loop(
+                tls.listener,
+                Some(acceptor),
+                conns,
+                graceful.clone(),
+                stopped,
+            )));
+        }
+        shutdown.await;
+        let _ = stop.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
         health.set_draining();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+        // The accept loops held the only other references, and have ended.
+        let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
         if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
@@ -127,6 +261,187 @@ impl Server {
         let recorded = stats.recorded.load(std::sync::atomic::Ordering::Relaxed);
         let published = stats.published.load(std::sync::atomic::Ordering::Relaxed);
         tracing::info!(recorded, published, "stopped");
+    }
+}
+
+/// The service a listener serves.
+#[derive(Clone)]
+enum App {
+    Edge(Arc<Edge>),
+    Admin(Arc<Admin>),
+}
+
+/// What every accepted connection needs, shared by the accept loops.
+#[derive(Clone)]
+struct Connections {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: App,
+    /// One permit per open connection: at the cap, accepting pauses and
+    /// new clients wait in the kernel's queue rather than exhausting us.
+    limit: Arc<Semaphore>,
+    handshake_timeout: Duration,
+}
+
+impl Connections {
+    /// Serves one connection to its end, under the graceful-shutdown watch.
+    async fn serve<S>(self, watcher: Watcher, stream: S, peer: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let stream = TokioIo::new(FirstByte::new(stream, self.handshake_timeout));
+        let edge = match self.app {
+            App::Edge(edge) => edge,
+            App::Admin(admin) => {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let admin = admin.clone();
+                    async move { Ok::<_, Infallible>(admin.handle(req, peer.ip()).await) }
+                });
+                let conn = self.builder.serve_connection(stream, service).into_owned();
+                if let Err(e) = watcher.watch(conn).await {
+                    tracing::debug!(error = %e, %peer, "admin connection ended with an error");
+                }
+                return;
+            }
+        };
+        let service = service_fn(move |req: Request<Incoming>| {
+            let started = Instant::now();
+            let route = crate::http::route(req.uri().path()).name();
+            let edge = edge.clone();
+            async move {
+                // Only an unsubscribe POST waits for anything (its body);
+                // every other request is answered without a single await.
+                let response = if Edge::wants_body(&req) {
+                    edge.unsubscribe(req, peer).await
+                } else {
+                    edge.handle(&req, peer)
+                };
+                let m = &edge.metrics;
+                m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
+                m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let conn = self.builder.serve_connection(stream, service).into_owned();
+        if let Err(e) = watcher.watch(conn).await {
+            tracing::debug!(error = %e, %peer, "connection ended with an error");
+        }
+    }
+}
+
+/// Accepts connections until told to stop; with `tls`, each connection
+/// shakes hands (bounded by the header read timeout) before it is served.
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    conns: Connections,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            permit = conns.limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            // Only ever set to true: any change, or a dropped sender, is the stop.
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        // Taken here, so no connection task keeps the shutdown handle alive.
+        let watcher = graceful.watcher();
+        let conns = conns.clone();
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    conns.serve(watcher, stream, peer).await;
+                    drop(permit);
+                });
+            }
+            Some(acceptor) => {
+                let handshake = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(conns.handshake_timeout, handshake).await {
+                        Ok(Ok(stream)) => conns.serve(watcher, stream, peer).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A stream whose first read must bring data within a deadline. hyper's
+/// header read timeout starts with the first byte, and protocol detection
+/// waits for that byte with no limit at all; without this, a client that
+/// connects and says nothing holds its connection for ever.
+struct FirstByte<S> {
+    inner: S,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> FirstByte<S> {
+    fn new(inner: S, within: Duration) -> Self {
+        FirstByte { inner, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FirstByte<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        match (&polled, self.deadline.as_mut()) {
+            (_, None) => {}
+            (Poll::Ready(_), Some(_)) if buf.filled().len() > before => self.deadline = None,
+            (Poll::Ready(_), Some(_)) => {}
+            (Poll::Pending, Some(deadline)) => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FirstByte<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }
 

@@ -112,3 +112,50 @@ fn serve_fails_at_start_naming_the_bad_setting() {
         assert!(err.contains(want), "{var}: {err}");
     }
 }
+
+#[test]
+fn sign_count_mints_one_url_per_message() {
+    let keys = key_entry("k1");
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("WAYMARK_KEYS", keys.as_str()), ("WAYMARK_DATA_DIR", dir.path().to_str().unwrap())];
+    let out = waymark(
+        &["sign", "open", "--base-url", "http://t.example", "--message-id", "bulk", "--count", "5"],
+        &env,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let ids: Vec<String> = text
+        .lines()
+        .map(|url| {
+            let t = url.strip_prefix("http://t.example/o/").unwrap().strip_suffix(".gif").unwrap();
+            token::open(&ring(&keys), t, 0).unwrap().into_claims().message_id
+        })
+        .collect();
+    assert_eq!(ids, ["bulk-0", "bulk-1", "bulk-2", "bulk-3", "bulk-4"]);
+}
+
+#[test]
+fn sign_for_a_tenant_uses_its_host_and_its_own_keys() {
+    let global = key_entry("k1");
+    let tenant_keys = key_entry("ka");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        format!("[[tenants]]\nname = \"a\"\nhosts = [\"t.sender-a.example\"]\nkeys = [\"{tenant_keys}\"]\n"),
+    )
+    .unwrap();
+    let env = [
+        ("WAYMARK_KEYS", global.as_str()),
+        ("WAYMARK_DATA_DIR", dir.path().to_str().unwrap()),
+        ("WAYMARK_CONFIG", config.to_str().unwrap()),
+    ];
+    let out = waymark(&["sign", "open", "--message-id", "m", "--tenant", "a"], &env);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = String::from_utf8(out.stdout).unwrap();
+    let t = url.trim().strip_prefix("https://t.sender-a.example/o/").unwrap().strip_suffix(".gif").unwrap();
+    assert_eq!(token::open(&ring(&tenant_keys), t, 0).unwrap().claims().tenant, "a");
+    assert!(token::open(&ring(&global), t, 0).is_err());
+    let out = waymark(&["sign", "open", "--message-id", "m", "--tenant", "nobody"], &env);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant \"nobody\" is not configured"));
+}

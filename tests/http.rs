@@ -244,3 +244,48 @@ fn with_no_configuration_it_makes_a_dev_ring_and_prints_working_links() {
     assert_eq!(svc.get(&path(click), &[]).header("location"), Some("https://example.com/"));
     assert_eq!(svc.events(2).len(), 2);
 }
+
+#[test]
+fn the_healthcheck_command_probes_the_service() {
+    let keys = key_entry("k1");
+    let svc = Service::start(&keys, &[]);
+    let ok = waymark(&["healthcheck", "--url", &format!("http://{}/healthz", svc.addr)], &[]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let missing = waymark(&["healthcheck", "--url", &format!("http://{}/nope", svc.addr)], &[]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    drop(svc);
+    let down = waymark(&["healthcheck", "--url", "http://127.0.0.1:1/healthz"], &[]);
+    assert!(!down.status.success());
+}
+
+#[test]
+fn privacy_settings_reduce_what_events_keep() {
+    let keys = key_entry("k1");
+    type Check = fn(&serde_json::Value) -> bool;
+    let cases: [(&[(&str, &str)], Check); 4] = [
+        (&[("WAYMARK_IP_MODE", "truncated")], |o| o["ip_address"] == "127.0.0.0"),
+        (&[("WAYMARK_IP_MODE", "none")], |o| o["ip_address"].is_null()),
+        (
+            &[
+                ("WAYMARK_IP_MODE", "hashed"),
+                ("WAYMARK_IP_HASH_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY"),
+            ],
+            |o| o["ip_address"].as_str().is_some_and(|h| h.starts_with("hash:") && h.len() == 37),
+        ),
+        (&[("WAYMARK_KEEP_USER_AGENT", "false")], |o| {
+            o["user_agent"].is_null() && o["ip_address"] == "127.0.0.1"
+        }),
+    ];
+    for (env, check) in cases {
+        let svc = Service::start(&keys, env);
+        let t = token::seal(&ring(&keys), &open_claims("m-privacy")).unwrap();
+        svc.get(&format!("/o/{t}"), &[("User-Agent", UA)]);
+        let events = svc.events(1);
+        assert_schema_valid(&event_schema(), &events[0]);
+        assert!(check(&events[0]["data"]["object"]), "{env:?}: {:#}", events[0]);
+    }
+    let out = waymark(&["serve"], &[("WAYMARK_IP_MODE", "hashed"), ("WAYMARK_KEYS", &keys)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("setting ip_hash_key"));
+    let out = waymark(&["serve"], &[("WAYMARK_IP_MODE", "masked"), ("WAYMARK_KEYS", &keys)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected full, truncated, hashed or none"));
+}

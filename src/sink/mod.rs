@@ -6,6 +6,8 @@
 //! be called from the HTTP runtime.
 
 pub mod file;
+pub mod kafka;
+pub mod spool;
 
 use crate::event::EncodedEvent;
 
@@ -13,6 +15,8 @@ use crate::event::EncodedEvent;
 pub enum SinkError {
     #[error("cannot write events to {path}: {source}")]
     Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
 }
 
 pub trait Sink: Send {

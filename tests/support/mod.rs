@@ -42,11 +42,26 @@ pub struct Service {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub stdout: Vec<String>,
+    stderr: Option<PathBuf>,
 }
 
 impl Service {
     /// Starts `waymark serve` with the given extra environment.
     pub fn start(keys: &str, env: &[(&str, &str)]) -> Service {
+        Service::launch(keys, env, false)
+    }
+
+    /// Like [`Service::start`], keeping the service's log for [`Service::stderr`].
+    pub fn start_with_stderr(keys: &str, env: &[(&str, &str)]) -> Service {
+        Service::launch(keys, env, true)
+    }
+
+    /// The service's log so far (with [`Service::start_with_stderr`]).
+    pub fn stderr(&self) -> String {
+        self.stderr.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
+    }
+
+    fn launch(keys: &str, env: &[(&str, &str)], keep_stderr: bool) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
         cmd.arg("serve")
@@ -58,6 +73,10 @@ impl Service {
             .env("WAYMARK_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        let stderr = keep_stderr.then(|| dir.path().join("stderr.log"));
+        if let Some(path) = &stderr {
+            cmd.stderr(std::fs::File::create(path).unwrap());
+        }
         if !keys.is_empty() {
             cmd.env("WAYMARK_KEYS", keys);
         }
@@ -76,7 +95,7 @@ impl Service {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Service { child, addr, dir, stdout }
+        Service { child, addr, dir, stdout, stderr }
     }
 
     pub fn events_path(&self) -> PathBuf {

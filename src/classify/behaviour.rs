@@ -1,0 +1,352 @@
+//! What a hit means given the hits before it: repeats, bursts of clicks,
+//! honeypot links, clients known to be scanning a message, clicks that
+//! back-fill a missing open, and reclassification of events already
+//! published when evidence of a scanner arrives late.
+//!
+//! Time is the hit's own timestamp, never the wall clock, so every rule is
+//! a pure function of the hits fed in and is unit-tested as such. State is
+//! bounded: entries older than the longest window are pruned, and each map
+//! is capped.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ulid::Ulid;
+
+use crate::token::Kind;
+
+/// The windows the rules look back over.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    /// A second counted hit on the same message and link within this is a repeat.
+    pub repeat: Duration,
+    /// Clicks on `burst_links` distinct links of one message from one client within this are a burst.
+    pub burst: Duration,
+    pub burst_links: usize,
+    /// How long a client found scanning a message stays a scanner for it.
+    pub scan: Duration,
+    /// How long a counted open, or an unsubscribe, is remembered.
+    pub memory: Duration,
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        Windows {
+            repeat: Duration::from_secs(60),
+            burst: Duration::from_secs(2),
+            burst_links: 3,
+            scan: Duration::from_secs(600),
+            memory: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// Most entries any one map holds; past it the oldest half is dropped.
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// One message of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageKey {
+    pub tenant: String,
+    pub message_id: String,
+}
+
+/// One hit, as behaviour sees it. Times are Unix milliseconds.
+#[derive(Debug, Clone)]
+pub struct Seen<'a> {
+    pub message: &'a MessageKey,
+    pub kind: Kind,
+    pub link: Option<u16>,
+    pub trap: bool,
+    pub client: Option<IpAddr>,
+    pub at_ms: i64,
+    pub event_id: Ulid,
+}
+
+/// What behaviour adds to the judgement of one hit.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Findings {
+    pub honeypot: bool,
+    pub burst: bool,
+    /// The client was already known to be scanning this message.
+    pub scanning: bool,
+    pub repeat: bool,
+    /// Emit a counted open with reason `backfill`, with this id.
+    pub backfill: Option<Ulid>,
+    /// Events already published as counted that must now be withdrawn.
+    pub withdrawn: Vec<Withdrawn>,
+}
+
+impl Findings {
+    /// Evidence that the client is a scanner.
+    pub fn machine(&self) -> bool {
+        self.honeypot || self.burst || self.scanning
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdrawn {
+    pub event_id: Ulid,
+    pub kind: Kind,
+}
+
+#[derive(Debug, Default)]
+struct Trail {
+    scanning_since: Option<i64>,
+    clicks: Vec<(u16, i64)>,
+    counted: Vec<(Ulid, Kind, Option<u16>, i64)>,
+    last_ms: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Behaviour {
+    windows: Windows,
+    last_counted: HashMap<(MessageKey, Kind, Option<u16>), i64>,
+    opened: HashMap<MessageKey, i64>,
+    trails: HashMap<(IpAddr, MessageKey), Trail>,
+    pruned_ms: i64,
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+impl Behaviour {
+    pub fn new(windows: Windows) -> Self {
+        Behaviour { windows, ..Default::default() }
+    }
+
+    pub fn windows(&self) -> &Windows {
+        &self.windows
+    }
+
+    /// Looks at one hit. `counted` is whether the hit would count on its
+    /// own signals; the findings say what its history changes.
+    pub fn observe(&mut self, seen: &Seen<'_>, counted: bool) -> Findings {
+        self.prune(seen.at_ms);
+        let w = self.windows;
+        let mut f = Findings::default();
+
+        if let Some(ip) = seen.client {
+            let trail = self.trails.entry((ip, seen.message.clone())).or_default();
+            trail.last_ms = trail.last_ms.max(seen.at_ms);
+            f.scanning = trail.scanning_since.is_some_and(|since| seen.at_ms - since <= ms(w.scan));
+            f.honeypot = seen.trap;
+            if let (Kind::Click, Some(link)) = (seen.kind, seen.link) {
+                trail.clicks.retain(|(_, at)| seen.at_ms - at <= ms(w.burst));
+                trail.clicks.push((link, seen.at_ms));
+                let mut links: Vec<u16> = trail.clicks.iter().map(|(l, _)| *l).collect();
+                links.sort_unstable();
+                links.dedup();
+                f.burst = links.len() >= w.burst_links;
+            }
+            if (f.honeypot || f.burst) && !f.scanning {
+                trail.scanning_since = Some(seen.at_ms);
+                // Late evidence: withdraw what this client already had counted.
+                for (event_id, kind, link, _) in trail.counted.drain(..) {
+                    f.withdrawn.push(Withdrawn { event_id, kind });
+                    self.last_counted.remove(&(seen.message.clone(), kind, link));
+                    if kind == Kind::Open {
+                        self.opened.remove(seen.message);
+                    }
+                }
+            }
+        }
+        if !counted || f.machine() {
+            return f;
+        }
+
+        let key = (seen.message.clone(), seen.kind, seen.link);
+        let window = if seen.kind == Kind::Unsubscribe { w.memory } else { w.repeat };
+        if self.last_counted.get(&key).is_some_and(|at| seen.at_ms - at <= ms(window)) {
+            f.repeat = true;
+            return f;
+        }
+        self.last_counted.insert(key, seen.at_ms);
+        let mut counted_now = vec![(seen.event_id, seen.kind, seen.link, seen.at_ms)];
+        match seen.kind {
+            Kind::Open => {
+                self.opened.insert(seen.message.clone(), seen.at_ms);
+            }
+            Kind::Click if !self.opened.contains_key(seen.message) => {
+                let id = Ulid::from_parts(seen.event_id.timestamp_ms(), seen.event_id.random() ^ 1);
+                f.backfill = Some(id);
+                self.opened.insert(seen.message.clone(), seen.at_ms);
+                counted_now.push((id, Kind::Open, None, seen.at_ms));
+            }
+            _ => {}
+        }
+        if let Some(ip) = seen.client {
+            let trail = self.trails.entry((ip, seen.message.clone())).or_default();
+            trail.counted.extend(counted_now);
+        }
+        f
+    }
+
+    /// Drops what no window can reach any more. Runs at most once a second
+    /// of hit time, so its cost is spread thin.
+    fn prune(&mut self, now_ms: i64) {
+        if now_ms - self.pruned_ms < 1000 {
+            return;
+        }
+        self.pruned_ms = now_ms;
+        let w = self.windows;
+        let memory = ms(w.memory);
+        let repeat = ms(w.repeat);
+        let trail_life = ms(w.scan.max(w.burst).max(w.repeat));
+        self.last_counted.retain(|(_, kind, _), at| {
+            now_ms - *at <= if *kind == Kind::Unsubscribe { memory } else { repeat }
+        });
+        self.opened.retain(|_, at| now_ms - *at <= memory);
+        self.trails.retain(|_, t| now_ms - t.last_ms <= trail_life);
+        cap(&mut self.last_counted, |at| *at);
+        cap(&mut self.opened, |at| *at);
+        cap(&mut self.trails, |t| t.last_ms);
+    }
+}
+
+/// Keeps a map under [`MAX_ENTRIES`] by dropping its older half.
+fn cap<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, at: impl Fn(&V) -> i64) {
+    if map.len() <= MAX_ENTRIES {
+        return;
+    }
+    let mut times: Vec<i64> = map.values().map(&at).collect();
+    let mid = times.len() / 2;
+    let (_, median, _) = times.select_nth_unstable(mid);
+    let median = *median;
+    map.retain(|_, v| at(v) > median);
+    tracing::warn!(kept = map.len(), "classifier state over its cap: the oldest half was dropped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str) -> MessageKey {
+        MessageKey { tenant: String::new(), message_id: id.into() }
+    }
+
+    struct Feed {
+        b: Behaviour,
+        n: u64,
+    }
+
+    impl Feed {
+        fn new() -> Self {
+            Feed { b: Behaviour::new(Windows::default()), n: 0 }
+        }
+        fn hit(
+            &mut self,
+            m: &MessageKey,
+            kind: Kind,
+            link: Option<u16>,
+            ip: &str,
+            at_ms: i64,
+        ) -> (Ulid, Findings) {
+            self.hit_full(m, kind, link, false, ip, at_ms, true)
+        }
+        #[allow(clippy::too_many_arguments)]
+        fn hit_full(
+            &mut self,
+            m: &MessageKey,
+            kind: Kind,
+            link: Option<u16>,
+            trap: bool,
+            ip: &str,
+            at_ms: i64,
+            counted: bool,
+        ) -> (Ulid, Findings) {
+            self.n += 1;
+            let id = Ulid::from_parts(at_ms as u64, self.n as u128);
+            let seen = Seen { message: m, kind, link, trap, client: ip.parse().ok(), at_ms, event_id: id };
+            (id, self.b.observe(&seen, counted))
+        }
+    }
+
+    #[test]
+    fn repeats_within_the_window_do_not_count_again() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        assert!(!f.hit(&m, Kind::Open, None, "203.0.113.1", 1_000).1.repeat);
+        assert!(f.hit(&m, Kind::Open, None, "203.0.113.2", 30_000).1.repeat, "any client");
+        assert!(!f.hit(&m, Kind::Open, None, "203.0.113.1", 62_000).1.repeat, "after the window");
+        // Clicks repeat per link.
+        assert!(!f.hit(&m, Kind::Click, Some(0), "203.0.113.1", 70_000).1.repeat);
+        assert!(!f.hit(&m, Kind::Click, Some(1), "203.0.113.1", 75_000).1.repeat);
+        assert!(f.hit(&m, Kind::Click, Some(0), "203.0.113.1", 80_000).1.repeat);
+        // A hit that did not count does not start a window.
+        let m2 = msg("m2");
+        f.hit_full(&m2, Kind::Open, None, false, "203.0.113.9", 1_000, false);
+        assert!(!f.hit(&m2, Kind::Open, None, "203.0.113.1", 2_000).1.repeat);
+    }
+
+    #[test]
+    fn a_first_click_back_fills_a_missing_open_once() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        let (_, first) = f.hit(&m, Kind::Click, Some(0), "203.0.113.1", 1_000);
+        assert!(first.backfill.is_some());
+        let (_, second) = f.hit(&m, Kind::Click, Some(1), "203.0.113.1", 9_000);
+        assert_eq!(second.backfill, None);
+        let opened = msg("m2");
+        f.hit(&opened, Kind::Open, None, "203.0.113.1", 1_000);
+        assert_eq!(f.hit(&opened, Kind::Click, Some(0), "203.0.113.1", 5_000).1.backfill, None);
+    }
+
+    #[test]
+    fn bursts_and_honeypots_mark_the_client_and_withdraw_its_counted_events() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        let (open_id, _) = f.hit(&m, Kind::Open, None, "198.51.100.5", 1_000);
+        let (click_id, c1) = f.hit(&m, Kind::Click, Some(0), "198.51.100.5", 10_000);
+        assert!(!c1.machine());
+        let (_, c2) = f.hit(&m, Kind::Click, Some(1), "198.51.100.5", 10_300);
+        assert!(!c2.burst, "two links are not a burst");
+        let (_, c3) = f.hit(&m, Kind::Click, Some(2), "198.51.100.5", 10_600);
+        assert!(c3.burst);
+        let ids: Vec<Ulid> = c3.withdrawn.iter().map(|w| w.event_id).collect();
+        assert!(ids.contains(&open_id) && ids.contains(&click_id), "{c3:?}");
+        // Its later hits on that message are scanner hits, and nothing is withdrawn twice.
+        let (_, later) = f.hit(&m, Kind::Open, None, "198.51.100.5", 60_000);
+        assert!(later.scanning && later.withdrawn.is_empty());
+        // Another client on the same message is unaffected, and the open it
+        // makes is not a repeat of the withdrawn one.
+        let (_, other) = f.hit(&m, Kind::Open, None, "203.0.113.7", 61_000);
+        assert!(!other.machine() && !other.repeat);
+
+        let mut f = Feed::new();
+        let trap = f.hit_full(&m, Kind::Click, Some(9), true, "198.51.100.6", 5_000, true).1;
+        assert!(trap.honeypot && trap.backfill.is_none());
+        assert!(f.hit(&m, Kind::Click, Some(0), "198.51.100.6", 20_000).1.scanning);
+    }
+
+    #[test]
+    fn slow_clicks_on_many_links_are_not_a_burst() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        for (i, at) in [0, 3_000, 6_000, 9_000].into_iter().enumerate() {
+            assert!(!f.hit(&m, Kind::Click, Some(i as u16), "203.0.113.1", at).1.burst);
+        }
+    }
+
+    #[test]
+    fn an_unsubscribe_counts_once_a_day() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        assert!(!f.hit(&m, Kind::Unsubscribe, None, "203.0.113.1", 0).1.repeat);
+        assert!(f.hit(&m, Kind::Unsubscribe, None, "203.0.113.1", 3_600_000).1.repeat);
+    }
+
+    #[test]
+    fn state_is_pruned_as_hit_time_moves_on() {
+        let mut f = Feed::new();
+        for i in 0..100 {
+            f.hit(&msg(&format!("m{i}")), Kind::Click, Some(0), "203.0.113.1", 1_000);
+        }
+        assert_eq!(f.b.trails.len(), 100);
+        f.hit(&msg("late"), Kind::Open, None, "203.0.113.1", 2 * 24 * 3600 * 1000);
+        assert_eq!(f.b.trails.len(), 1);
+        assert_eq!(f.b.opened.len(), 1);
+    }
+}

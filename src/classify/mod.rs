@@ -1,0 +1,430 @@
+//! The classifier: turns a [`Hit`] into a [`Judgement`]: a verdict, whether
+//! the hit counts as engagement, and the reason code of every signal that
+//! fired, so a user can always see why a hit did or did not count.
+//!
+//! Signals, in the order they are read:
+//! - the user agent against the rule list ([`rules`], data not code) and
+//!   woothee's parse (its `crawler` category), cached per user agent in a
+//!   bounded moka cache whose `get_with` computes a missing entry once;
+//! - the client's network against the scanner-network list and, when
+//!   configured, an ASN database ([`networks`]);
+//! - the request: HEAD never counts; a hit within `prefetch_window` of the
+//!   send time is a prefetch;
+//! - history ([`behaviour`]): honeypot links, bursts, clients already
+//!   scanning the message, repeats, click back-fill, reclassification.
+//!
+//! The classifier never blocks and never fails: what it cannot tell it
+//! leaves at `human`.
+
+pub mod behaviour;
+pub mod networks;
+pub mod rules;
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+use self::behaviour::{Behaviour, MessageKey, Seen, Windows, Withdrawn};
+use self::networks::{Asn, Databases, Geo, NetworkList};
+use self::rules::{RuleFile, Rules};
+use crate::hit::{Hit, Method};
+use crate::token::{Kind, Target};
+
+/// Whether `s` can name a rule or operator in a reason code
+/// (`ua:{s}`, `net:{s}`): lower-case letters, digits and '-'.
+pub(crate) fn is_code(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Who was behind a hit. Ordered by strength of evidence: when signals
+/// disagree, the greatest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Human,
+    Proxy,
+    Bot,
+    Scanner,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 4] = [Verdict::Human, Verdict::Proxy, Verdict::Bot, Verdict::Scanner];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Human => "human",
+            Verdict::Proxy => "proxy",
+            Verdict::Bot => "bot",
+            Verdict::Scanner => "scanner",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// A short machine-readable code for a signal that fired: `head`,
+/// `ua:proofpoint`, `net:microsoft`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Reason(Cow<'static, str>);
+
+impl Reason {
+    pub const HEAD: Reason = Reason(Cow::Borrowed("head"));
+    pub const PREFETCH: Reason = Reason(Cow::Borrowed("prefetch"));
+    pub const REPEAT: Reason = Reason(Cow::Borrowed("repeat"));
+    pub const HONEYPOT: Reason = Reason(Cow::Borrowed("honeypot"));
+    pub const BURST: Reason = Reason(Cow::Borrowed("burst"));
+    pub const SCANNING: Reason = Reason(Cow::Borrowed("scanning"));
+    pub const BACKFILL: Reason = Reason(Cow::Borrowed("backfill"));
+    pub const MACHINE_OPEN: Reason = Reason(Cow::Borrowed("machine-open"));
+    pub const CRAWLER: Reason = Reason(Cow::Borrowed("ua:crawler"));
+    pub const NO_USER_AGENT: Reason = Reason(Cow::Borrowed("ua:missing"));
+
+    pub fn owned(code: String) -> Reason {
+        Reason(Cow::Owned(code))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// woothee's reading of the user agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    pub category: Option<String>,
+    pub name: Option<String>,
+    pub os: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What the request alone says, before history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assessment {
+    pub verdict: Verdict,
+    pub reasons: Vec<Reason>,
+    pub machine_open: bool,
+    pub device: Option<Device>,
+    pub geo: Option<Geo>,
+    pub asn: Option<Asn>,
+}
+
+/// The full judgement of one hit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    pub verdict: Verdict,
+    pub counted: bool,
+    pub reasons: Vec<Reason>,
+    pub device: Option<Device>,
+    pub geo: Option<Geo>,
+    pub asn: Option<Asn>,
+    pub rules_version: Arc<str>,
+    /// Bucket size of the event's `dedup_key`: the repeat window.
+    pub repeat_window_ms: i64,
+}
+
+/// A judgement plus the events history asks for.
+#[derive(Debug)]
+pub struct Outcome {
+    pub judgement: Judgement,
+    /// Emit a counted `email.opened` (reason `backfill`) with this id.
+    pub backfill: Option<Ulid>,
+    /// Emit an `email.reclassified` for each.
+    pub withdrawn: Vec<Withdrawn>,
+}
+
+/// Which verdicts count, per kind. Machine opens never count; unsubscribes
+/// always do (once), since only a deliberate POST makes one.
+#[derive(Debug, Clone)]
+pub struct CountingPolicy {
+    pub opens: Vec<Verdict>,
+    pub clicks: Vec<Verdict>,
+}
+
+impl Default for CountingPolicy {
+    fn default() -> Self {
+        CountingPolicy { opens: vec![Verdict::Human, Verdict::Proxy], clicks: vec![Verdict::Human] }
+    }
+}
+
+/// Everything the classifier is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub rules_file: Option<PathBuf>,
+    pub asn_db: Option<PathBuf>,
+    pub city_db: Option<PathBuf>,
+    pub prefetch_window: Duration,
+    pub windows: Windows,
+    pub policy: CountingPolicy,
+    pub cache_capacity: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rules_file: None,
+            asn_db: None,
+            city_db: None,
+            prefetch_window: Duration::from_secs(5),
+            windows: Windows::default(),
+            policy: CountingPolicy::default(),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClassifyError {
+    #[error(transparent)]
+    Rules(#[from] rules::RulesError),
+    #[error(transparent)]
+    Networks(#[from] networks::NetworksError),
+}
+
+/// What a user agent says, computed once per distinct string.
+#[derive(Debug)]
+struct UaFacts {
+    device: Option<Device>,
+    rule: Option<rules::Rule>,
+    crawler: bool,
+}
+
+/// Cache hits and misses, for metrics.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// How often a configured rule file is checked for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(1);
+
+pub struct Classifier {
+    rules: Arc<Rules>,
+    rule_file: Option<RuleFile>,
+    checked_at: Instant,
+    rules_version: Arc<str>,
+    networks: NetworkList,
+    databases: Databases,
+    cache: moka::sync::Cache<String, Arc<UaFacts>>,
+    cache_stats: Arc<CacheStats>,
+    woothee: woothee::parser::Parser,
+    behaviour: Behaviour,
+    prefetch_window: Duration,
+    policy: CountingPolicy,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier").field("rules_version", &self.rules_version).finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    /// Builds the classifier; a bad rule file or database fails here, at start.
+    pub fn new(settings: &Settings) -> Result<Classifier, ClassifyError> {
+        let (rule_file, rules) = match &settings.rules_file {
+            Some(path) => {
+                let (file, rules) = RuleFile::load(path)?;
+                (Some(file), rules)
+            }
+            None => (None, Rules::builtin()),
+        };
+        let networks = NetworkList::builtin();
+        let databases = Databases::open(settings.asn_db.as_deref(), settings.city_db.as_deref())?;
+        let rules_version = version(&rules, &networks);
+        Ok(Classifier {
+            rules: Arc::new(rules),
+            rule_file,
+            checked_at: Instant::now(),
+            rules_version,
+            networks,
+            databases,
+            cache: moka::sync::Cache::new(settings.cache_capacity),
+            cache_stats: Arc::default(),
+            woothee: woothee::parser::Parser::new(),
+            behaviour: Behaviour::new(settings.windows),
+            prefetch_window: settings.prefetch_window,
+            policy: settings.policy.clone(),
+        })
+    }
+
+    pub fn rules_version(&self) -> &str {
+        &self.rules_version
+    }
+
+    pub fn cache_stats(&self) -> &Arc<CacheStats> {
+        &self.cache_stats
+    }
+
+    /// Picks up a changed rule file, at most once a second.
+    fn maybe_reload(&mut self) {
+        let Some(file) = self.rule_file.as_mut() else { return };
+        if self.checked_at.elapsed() < RELOAD_EVERY {
+            return;
+        }
+        self.checked_at = Instant::now();
+        if let Some(rules) = file.reload() {
+            self.rules_version = version(&rules, &self.networks);
+            self.rules = Arc::new(rules);
+            // Cached facts carry the old rules' matches.
+            self.cache.invalidate_all();
+        }
+    }
+
+    fn ua_facts(&self, ua: &str) -> Arc<UaFacts> {
+        if let Some(facts) = self.cache.get(ua) {
+            self.cache_stats.hits.fetch_add(1, Ordering::Relaxed);
+            return facts;
+        }
+        self.cache_stats.misses.fetch_add(1, Ordering::Relaxed);
+        self.cache.get_with(ua.to_owned(), || {
+            let parsed = self.woothee.parse(ua);
+            let known =
+                |s: &str| (s != woothee::woothee::VALUE_UNKNOWN && !s.is_empty()).then(|| s.to_owned());
+            let crawler = parsed.as_ref().is_some_and(|p| p.category == "crawler");
+            let device = parsed.map(|p| Device {
+                category: known(p.category),
+                name: known(p.name),
+                os: known(p.os),
+                version: known(p.version),
+            });
+            Arc::new(UaFacts { device, rule: self.rules.find(ua).cloned(), crawler })
+        })
+    }
+
+    /// What the request alone says: user agent and network. This is the
+    /// path `waymark classify` runs, and the first step of [`Self::judge`].
+    pub fn assess(&mut self, kind: Kind, ip: Option<IpAddr>, user_agent: Option<&str>) -> Assessment {
+        self.maybe_reload();
+        let mut a = Assessment {
+            verdict: Verdict::Human,
+            reasons: Vec::new(),
+            machine_open: false,
+            device: None,
+            geo: None,
+            asn: None,
+        };
+        match user_agent {
+            None => {
+                a.verdict = Verdict::Bot;
+                a.reasons.push(Reason::NO_USER_AGENT);
+            }
+            Some(ua) => {
+                let facts = self.ua_facts(ua);
+                a.device = facts.device.clone();
+                if let Some(rule) = &facts.rule {
+                    a.verdict = a.verdict.max(rule.verdict);
+                    a.machine_open |= rule.machine_open;
+                    a.reasons.push(rule.reason.clone());
+                } else if facts.crawler {
+                    a.verdict = a.verdict.max(Verdict::Bot);
+                    a.reasons.push(Reason::CRAWLER);
+                }
+            }
+        }
+        if let Some(ip) = ip {
+            a.asn = self.databases.asn(ip);
+            a.geo = self.databases.geo(ip);
+            let operator = self
+                .networks
+                .find(ip)
+                .or_else(|| a.asn.as_ref().and_then(|asn| self.networks.by_asn(asn.number)));
+            if let Some(op) = operator {
+                // A proxy network only explains an open: people click
+                // through relays (iCloud Private Relay) as themselves.
+                if op.verdict != Verdict::Proxy || kind == Kind::Open {
+                    a.verdict = a.verdict.max(op.verdict);
+                    a.machine_open |= op.machine_open;
+                }
+                if !a.reasons.contains(&op.reason) {
+                    a.reasons.push(op.reason.clone());
+                }
+            }
+        }
+        if kind == Kind::Open && a.machine_open {
+            a.reasons.push(Reason::MACHINE_OPEN);
+        } else {
+            a.machine_open = false;
+        }
+        a
+    }
+
+    /// Judges one hit whose event will carry `event_id`.
+    pub fn judge(&mut self, hit: &Hit, event_id: Ulid) -> Outcome {
+        let claims = hit.token.claims();
+        let kind = claims.target.kind();
+        let a = self.assess(kind, hit.client_ip, hit.user_agent.as_deref());
+        let (mut verdict, mut reasons) = (a.verdict, a.reasons);
+
+        // A HEAD fetches no image and follows no link: a checker, not a person.
+        let head = hit.method == Method::Head;
+        if head {
+            reasons.push(Reason::HEAD);
+            verdict = verdict.max(Verdict::Bot);
+        }
+        let at_ms = (hit.at.unix_timestamp_nanos() / 1_000_000) as i64;
+        let since_send = at_ms - claims.sent_at as i64 * 1000;
+        let prefetch = kind != Kind::Unsubscribe && since_send < self.prefetch_window.as_millis() as i64;
+        if prefetch {
+            reasons.push(Reason::PREFETCH);
+            // Gateways fetch pixels and follow links right after delivery.
+            verdict = verdict.max(if kind == Kind::Open { Verdict::Proxy } else { Verdict::Scanner });
+        }
+
+        let allowed = match kind {
+            Kind::Open => self.policy.opens.contains(&verdict) && !a.machine_open,
+            Kind::Click => self.policy.clicks.contains(&verdict),
+            Kind::Unsubscribe => true,
+        };
+        let counted = allowed && !head && !prefetch;
+
+        let message = MessageKey { tenant: claims.tenant.clone(), message_id: claims.message_id.clone() };
+        let (link, trap) = match &claims.target {
+            Target::Click(l) => (Some(l.index), l.trap),
+            _ => (None, false),
+        };
+        let seen = Seen { message: &message, kind, link, trap, client: hit.client_ip, at_ms, event_id };
+        let f = self.behaviour.observe(&seen, counted);
+        for (fired, reason) in
+            [(f.honeypot, Reason::HONEYPOT), (f.burst, Reason::BURST), (f.scanning, Reason::SCANNING)]
+        {
+            if fired {
+                reasons.push(reason);
+                verdict = Verdict::Scanner;
+            }
+        }
+        if f.repeat {
+            reasons.push(Reason::REPEAT);
+        }
+        let counted = counted && !f.machine() && !f.repeat;
+        Outcome {
+            judgement: Judgement {
+                verdict,
+                counted,
+                reasons,
+                device: a.device,
+                geo: a.geo,
+                asn: a.asn,
+                rules_version: self.rules_version.clone(),
+                repeat_window_ms: self.behaviour.windows().repeat.as_millis() as i64,
+            },
+            backfill: f.backfill,
+            withdrawn: f.withdrawn,
+        }
+    }
+}
+
+/// One version string for both lists, so an event names exactly the data
+/// that judged it.
+fn version(rules: &Rules, networks: &NetworkList) -> Arc<str> {
+    Arc::from(format!("ua-{}+net-{}", rules.version, networks.version))
+}

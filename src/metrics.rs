@@ -1,0 +1,195 @@
+//! Prometheus metrics, named by Prometheus conventions (`waymark_` prefix,
+//! `_total` counters, seconds for durations) and served as text on the
+//! internal admin listener only, never on the public one.
+//!
+//! Hot-path counters stay where they are cheapest (atomics in the pipeline's
+//! [`Stats`], the classifier's [`CacheStats`]); a [`Collector`] reads them
+//! at scrape time, so recording a hit never takes a lock for metrics.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::classify::{CacheStats, Verdict};
+use crate::pipeline::Stats;
+use crate::token::Kind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// A source of extra metrics (the Kafka sink, the spool) read at scrape time.
+pub trait Source: std::fmt::Debug + Send + Sync + 'static {
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error>;
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub token_failures: Family<ReasonLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs to about 0.4 s: the edge answers in microseconds when healthy.
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new(pipeline: Arc<Stats>, cache: Arc<CacheStats>, sources: Vec<Arc<dyn Source>>) -> Metrics {
+        let mut registry = Registry::with_prefix("waymark");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests answered, by route and status", requests.clone());
+        let latency =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "http_request_duration",
+            "Time from request to response, by route",
+            prometheus_client::registry::Unit::Seconds,
+            latency.clone(),
+        );
+        let token_failures = Family::<ReasonLabels, Counter>::default();
+        registry.register("token_failures", "Tokens refused, by reason", token_failures.clone());
+        registry.register_collector(Box::new(Scraped { pipeline, cache, sources }));
+        Metrics { registry, requests, latency, token_failures }
+    }
+
+    /// The text exposition format, for `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Reads the atomics at scrape time.
+#[derive(Debug)]
+struct Scraped {
+    pipeline: Arc<Stats>,
+    cache: Arc<CacheStats>,
+    sources: Vec<Arc<dyn Source>>,
+}
+
+pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Scraped {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.pipeline;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut e, "hits_recorded", "Hits handed to the event pipeline", get(&s.recorded))?;
+        counter(
+            &mut e,
+            "hits_dropped",
+            "Hits lost because the event queue was full or stopped",
+            get(&s.dropped),
+        )?;
+        counter(&mut e, "events_published", "Events accepted by the sink", get(&s.published))?;
+        counter(&mut e, "sink_errors", "Sink operations that failed", get(&s.sink_errors))?;
+        let depth = get(&s.recorded).saturating_sub(get(&s.processed));
+        gauge(&mut e, "queue_depth", "Hits waiting for the event pipeline", depth as i64)?;
+        counter(
+            &mut e,
+            "ua_cache_hits",
+            "User-agent look-ups answered from the cache",
+            get(&self.cache.hits),
+        )?;
+        counter(&mut e, "ua_cache_misses", "User-agent look-ups computed", get(&self.cache.misses))?;
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct HitLabels {
+            kind: &'static str,
+            verdict: &'static str,
+            counted: &'static str,
+        }
+        let hits = e.encode_descriptor(
+            "hits",
+            "Hits judged, by kind, verdict and whether they counted",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        let mut hits = hits;
+        for kind in [Kind::Open, Kind::Click, Kind::Unsubscribe] {
+            for verdict in Verdict::ALL {
+                for counted in [false, true] {
+                    let n = get(s.verdict_counter(kind, verdict, counted));
+                    if n == 0 {
+                        continue;
+                    }
+                    let labels = HitLabels {
+                        kind: kind.as_str(),
+                        verdict: verdict.as_str(),
+                        counted: if counted { "true" } else { "false" },
+                    };
+                    ConstCounter::new(n).encode(hits.encode_family(&labels)?)?;
+                }
+            }
+        }
+        for source in &self.sources {
+            source.encode(&mut e)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_follow_prometheus_conventions() {
+        let stats = Arc::new(Stats::default());
+        stats.recorded.fetch_add(3, Ordering::Relaxed);
+        stats.processed.fetch_add(1, Ordering::Relaxed);
+        stats.verdict_counter(Kind::Click, Verdict::Scanner, false).fetch_add(2, Ordering::Relaxed);
+        let m = Metrics::new(stats, Arc::default(), vec![]);
+        m.requests.get_or_create(&RequestLabels { route: "pixel", status: 200 }).inc();
+        m.latency.get_or_create(&RouteLabels { route: "pixel" }).observe(0.0001);
+        m.token_failures.get_or_create(&ReasonLabels { reason: "forged" }).inc();
+        let text = m.encode();
+        for line in [
+            "waymark_http_requests_total{route=\"pixel\",status=\"200\"} 1",
+            "waymark_http_request_duration_seconds_count{route=\"pixel\"} 1",
+            "waymark_token_failures_total{reason=\"forged\"} 1",
+            "waymark_hits_recorded_total 3",
+            "waymark_queue_depth 2",
+            "waymark_hits_total{kind=\"click\",verdict=\"scanner\",counted=\"false\"} 2",
+            "# TYPE waymark_ua_cache_hits counter",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}

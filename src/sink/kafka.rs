@@ -1,0 +1,620 @@
+//! The Kafka sink. Every event is first appended to the disk [`spool`]
+//! (the write-ahead log), then shipped from memory by one shipper thread
+//! through an idempotent rdkafka producer; the spool's cursor advances only
+//! over what the brokers acknowledged. When the brokers are slow, down, or
+//! the producer queue is full, events simply wait in the spool and are
+//! replayed in order once the brokers answer, so an outage or a crash loses
+//! nothing that reached the spool, and nothing here ever makes the HTTP
+//! edge wait.
+//!
+//! Record key: the message id (one message's events stay ordered on one
+//! partition). Headers: `type`, `tenant`, `event_id`.
+//!
+//! This module must never block the pipeline thread on the network: the
+//! pipeline only appends to the spool and hands over a copy in memory.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
+use serde::{Deserialize, Serialize};
+
+use super::spool::{self, Reader, Spool, SpoolError, SpoolSettings};
+use super::{Sink, SinkError};
+use crate::event::EncodedEvent;
+use crate::health::{Degraded, Health};
+
+/// Kafka settings, validated.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub topic: String,
+    /// Publish each event type to `{topic}.{type}` (e.g. `waymark.events.email.clicked`).
+    pub topic_per_type: bool,
+    /// librdkafka properties, applied over waymark's defaults.
+    pub properties: Vec<(String, String)>,
+    /// How long shutdown waits for the brokers to acknowledge what is in flight.
+    pub flush_timeout: Duration,
+    pub spool_dir: PathBuf,
+    pub spool: SpoolSettings,
+}
+
+impl KafkaSettings {
+    /// waymark's producer defaults, then the configured properties.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            // Failures surface within this; the spool keeps the event meanwhile.
+            .set("message.timeout.ms", "30000")
+            .set("queue.buffering.max.messages", "100000")
+            .set("client.id", "waymark");
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn topic_for(&self, kind: &str) -> String {
+        if self.topic_per_type { format!("{}.{kind}", self.topic) } else { self.topic.clone() }
+    }
+}
+
+/// One event as the spool keeps it: the JSON and what Kafka keys and
+/// headers on.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    kind: String,
+    key: String,
+    tenant: String,
+    event_id: String,
+    json: Vec<u8>,
+}
+
+impl Record {
+    fn encode(event: &EncodedEvent) -> Vec<u8> {
+        postcard::to_allocvec(&Record {
+            kind: event.kind.as_str().to_owned(),
+            key: event.message_id.clone(),
+            tenant: event.tenant.clone(),
+            event_id: event.event_id.clone(),
+            json: event.json.to_vec(),
+        })
+        .expect("records always serialize")
+    }
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub struct KafkaStats {
+    pub spooled: AtomicU64,
+    pub delivered: AtomicU64,
+    pub delivery_errors: AtomicU64,
+    pub replayed: AtomicU64,
+    pub lost: AtomicU64,
+    pub spool_bytes: AtomicU64,
+    pub unacknowledged: AtomicU64,
+}
+
+impl crate::metrics::Source for KafkaStats {
+    fn encode(&self, e: &mut prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::metrics::{counter, gauge};
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            e,
+            "kafka_spooled",
+            "Events written to the spool (every event, before shipping)",
+            get(&self.spooled),
+        )?;
+        counter(e, "kafka_delivered", "Events the brokers acknowledged", get(&self.delivered))?;
+        counter(
+            e,
+            "kafka_delivery_errors",
+            "Deliveries that failed and will be replayed",
+            get(&self.delivery_errors),
+        )?;
+        counter(e, "kafka_replayed", "Events read back from the spool and sent again", get(&self.replayed))?;
+        counter(e, "kafka_lost", "Events lost because the spool was full", get(&self.lost))?;
+        gauge(e, "spool_bytes", "Bytes in the spool on disk", get(&self.spool_bytes) as i64)?;
+        gauge(
+            e,
+            "kafka_unacknowledged",
+            "Events sent and not yet acknowledged",
+            get(&self.unacknowledged) as i64,
+        )
+    }
+}
+
+/// What the pipeline thread and the shipper share.
+#[derive(Debug)]
+struct Shared {
+    /// Everything before this position is in the kernel and can be read back.
+    readable_end: AtomicU64,
+    stop: AtomicBool,
+    /// The last append failed for want of room.
+    full: AtomicBool,
+    stats: Arc<KafkaStats>,
+    health: Arc<Health>,
+}
+
+/// One event handed from the pipeline to the shipper in memory.
+struct Shipment {
+    at: u64,
+    next: u64,
+    payload: Bytes,
+}
+
+/// Shipments waiting in memory; beyond this the shipper reads the spool.
+const LIVE_QUEUE: usize = 65_536;
+
+pub struct KafkaSink {
+    spool: Spool,
+    live: SyncSender<Shipment>,
+    shared: Arc<Shared>,
+    shipper: Option<JoinHandle<()>>,
+    lost_logged: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("cannot create the Kafka producer for {brokers}: {source}")]
+    Producer { brokers: String, source: KafkaError },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl KafkaSink {
+    /// Opens the spool, starts the shipper, and replays what a previous run
+    /// left unacknowledged. An unreachable broker is not an error: events
+    /// wait in the spool.
+    pub fn start(
+        settings: KafkaSettings,
+        health: Arc<Health>,
+        stats: Arc<KafkaStats>,
+    ) -> Result<KafkaSink, KafkaSetupError> {
+        let spool = Spool::open(&settings.spool_dir, settings.spool)?;
+        let producer = producer(&settings)?;
+        let shared = Arc::new(Shared {
+            readable_end: AtomicU64::new(spool.end()),
+            stop: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            stats,
+            health,
+        });
+        shared.stats.spool_bytes.store(spool.used(), Ordering::Relaxed);
+        let (live, incoming) = mpsc::sync_channel(LIVE_QUEUE);
+        let cursor = spool::read_cursor(&settings.spool_dir);
+        let pending = spool::status(&settings.spool_dir).map(|s| s.pending_records).unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!(pending, "replaying events a previous run left in the spool");
+        }
+        let shipper = Shipper::new(settings, producer, shared.clone(), cursor);
+        let shipper = std::thread::Builder::new()
+            .name("waymark-kafka".into())
+            .spawn(move || shipper.run(incoming))
+            .expect("cannot start the Kafka shipper thread");
+        Ok(KafkaSink { spool, live, shared, shipper: Some(shipper), lost_logged: 0 })
+    }
+}
+
+impl Sink for KafkaSink {
+    fn publish(&mut self, event: &EncodedEvent) -> Result<(), SinkError> {
+        let payload = Bytes::from(Record::encode(event));
+        let at = match self.spool.append(&payload) {
+            Ok(at) => at,
+            Err(e) => {
+                let lost = self.shared.stats.lost.fetch_add(1, Ordering::Relaxed) + 1;
+                self.shared.full.store(true, Ordering::Relaxed);
+                self.shared.health.set_degraded(Some(Degraded::SpoolFull));
+                if lost > self.lost_logged * 2 {
+                    self.lost_logged = lost;
+                    tracing::error!(error = %e, lost, "EVENTS ARE BEING LOST: the spool cannot take them");
+                }
+                return Err(SinkError::Spool(e));
+            }
+        };
+        self.shared.stats.spooled.fetch_add(1, Ordering::Relaxed);
+        self.shared.full.store(false, Ordering::Relaxed);
+        let shipment = Shipment { at, next: self.spool.end(), payload };
+        match self.live.try_send(shipment) {
+            // The shipper is behind: it will read this one from the spool.
+            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Ok(()),
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.spool.flush().map_err(SinkError::Spool)?;
+        self.shared.readable_end.store(self.spool.end(), Ordering::Release);
+        self.shared.stats.spool_bytes.store(self.spool.used(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), SinkError> {
+        self.spool.sync().map_err(SinkError::Spool)?;
+        self.shared.readable_end.store(self.spool.end(), Ordering::Release);
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(shipper) = self.shipper.take()
+            && shipper.join().is_err()
+        {
+            tracing::error!("the Kafka shipper thread panicked");
+        }
+        Ok(())
+    }
+}
+
+/// Collects delivery reports; rdkafka calls it from `poll` on the shipper's
+/// own thread.
+#[derive(Default)]
+struct Reports {
+    outcomes: Mutex<Vec<(u64, u64, Result<(), String>)>>,
+}
+
+impl ClientContext for Reports {}
+
+impl ProducerContext for Reports {
+    type DeliveryOpaque = Box<(u64, u64)>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: Self::DeliveryOpaque) {
+        let (at, next) = *opaque;
+        let outcome = result.as_ref().map(|_| ()).map_err(|(e, _)| e.to_string());
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner()).push((at, next, outcome));
+    }
+}
+
+fn producer(settings: &KafkaSettings) -> Result<BaseProducer<Reports>, KafkaSetupError> {
+    settings
+        .client_config()
+        .create_with_context(Reports::default())
+        .map_err(|source| KafkaSetupError::Producer { brokers: settings.brokers.clone(), source })
+}
+
+/// Ships spooled events to the brokers, in spool order, and moves the
+/// spool's cursor over what they acknowledged.
+struct Shipper {
+    settings: KafkaSettings,
+    producer: BaseProducer<Reports>,
+    shared: Arc<Shared>,
+    /// Position of the next record to send.
+    next: u64,
+    /// Sent, not yet acknowledged.
+    in_flight: BTreeSet<u64>,
+    committed: u64,
+    committed_at: Instant,
+    /// Some: reading the spool from this reader instead of the live queue.
+    replay: Option<Reader>,
+    /// Live shipments kept while replaying, so no flush is waited for.
+    held: VecDeque<Shipment>,
+    /// After a failure, nothing is sent before this.
+    backoff_until: Option<Instant>,
+    backoff: Duration,
+    /// When something last waited unacknowledged with no delivery since.
+    stalled_since: Option<Instant>,
+    /// The health last reported, so changes are logged once.
+    reported: Option<Degraded>,
+}
+
+impl Shipper {
+    fn new(
+        settings: KafkaSettings,
+        producer: BaseProducer<Reports>,
+        shared: Arc<Shared>,
+        cursor: u64,
+    ) -> Self {
+        let reader = Reader::new(&settings.spool_dir, cursor);
+        Shipper {
+            settings,
+            producer,
+            shared,
+            next: cursor,
+            in_flight: BTreeSet::new(),
+            committed: cursor,
+            committed_at: Instant::now(),
+            // Always start by reading the spool: it may hold a previous run's events.
+            replay: Some(reader),
+            held: VecDeque::new(),
+            backoff_until: None,
+            backoff: Duration::from_millis(250),
+            stalled_since: None,
+            reported: None,
+        }
+    }
+
+    fn run(mut self, incoming: Receiver<Shipment>) {
+        loop {
+            let stopping = self.shared.stop.load(Ordering::Acquire);
+            self.producer.poll(Duration::ZERO);
+            self.take_reports();
+            if stopping {
+                // Take what is left in memory in order, then finish.
+                while let Ok(s) = incoming.try_recv() {
+                    self.held.push_back(s);
+                }
+                self.ship_held();
+                break;
+            }
+            match self.backoff_until {
+                Some(t) if Instant::now() < t => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    self.backoff_until = None;
+                    if self.replay.is_some() {
+                        while let Ok(s) = incoming.try_recv() {
+                            if self.held.len() < LIVE_QUEUE {
+                                self.held.push_back(s);
+                            } else {
+                                self.held.clear();
+                            }
+                        }
+                        self.replay_some();
+                    } else {
+                        match incoming.recv_timeout(Duration::from_millis(5)) {
+                            Ok(s) => self.ship_live(s),
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Disconnected) => {}
+                        }
+                    }
+                }
+            }
+            self.maybe_commit(false);
+            self.report_health();
+        }
+        // Shutdown: give the brokers a bounded time for what is in flight.
+        let _ = self.producer.flush(self.settings.flush_timeout);
+        self.take_reports();
+        self.maybe_commit(true);
+        let left = self.in_flight.len();
+        if left > 0 {
+            tracing::warn!(left, "events not acknowledged at shutdown stay in the spool for the next start");
+        }
+    }
+
+    /// At shutdown: send what was handed over in memory; anything else
+    /// stays in the spool for the next start.
+    fn ship_held(&mut self) {
+        if self.replay.is_none() {
+            while let Some(s) = self.held.pop_front() {
+                self.ship_live(s);
+            }
+        }
+    }
+
+    fn ship_live(&mut self, s: Shipment) {
+        if s.at < self.next {
+            return; // already sent from the spool
+        }
+        if s.at > self.next {
+            // A gap: shipments were skipped when the queue was full.
+            self.start_replay();
+            self.held.push_back(s);
+            return;
+        }
+        self.send(s.at, s.next, &s.payload, false);
+    }
+
+    fn start_replay(&mut self) {
+        if self.replay.is_none() {
+            self.replay = Some(Reader::new(&self.settings.spool_dir, self.next));
+        }
+    }
+
+    /// Sends a batch from the spool, then from the held live shipments;
+    /// back to live mode once caught up.
+    fn replay_some(&mut self) {
+        let end = self.shared.readable_end.load(Ordering::Acquire);
+        for _ in 0..1000 {
+            let Some(reader) = self.replay.as_mut() else { return };
+            match reader.next(end) {
+                Ok(Some((at, next, payload))) => {
+                    if at < self.next {
+                        continue;
+                    }
+                    if !self.send(at, next, &payload, true) {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the spool; retrying");
+                    self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+                    return;
+                }
+            }
+        }
+        // Caught up with what is readable: continue from the held shipments.
+        while let Some(s) = self.held.front() {
+            if s.at < self.next {
+                self.held.pop_front();
+            } else if s.at == self.next {
+                let s = self.held.pop_front().expect("front exists");
+                if !self.send(s.at, s.next, &s.payload, false) {
+                    return;
+                }
+            } else {
+                return; // not yet readable: wait for the next flush
+            }
+        }
+        if self.shared.readable_end.load(Ordering::Acquire) <= self.next {
+            self.replay = None;
+        }
+    }
+
+    /// Sends one record; false when the producer cannot take it now.
+    fn send(&mut self, at: u64, next: u64, payload: &[u8], replayed: bool) -> bool {
+        let record: Record = match postcard::from_bytes(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, at, "skipping an unreadable spool record");
+                self.next = next;
+                return true;
+            }
+        };
+        let topic = self.settings.topic_for(&record.kind);
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "type", value: Some(record.kind.as_str()) })
+            .insert(Header { key: "tenant", value: Some(record.tenant.as_str()) })
+            .insert(Header { key: "event_id", value: Some(record.event_id.as_str()) });
+        let base = BaseRecord::with_opaque_to(&topic, Box::new((at, next)))
+            .key(record.key.as_bytes())
+            .payload(&record.json)
+            .headers(headers);
+        match self.producer.send(base) {
+            Ok(()) => {
+                self.in_flight.insert(at);
+                self.next = next;
+                self.stalled_since.get_or_insert_with(Instant::now);
+                if replayed {
+                    self.shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                self.shared.stats.unacknowledged.store(self.in_flight.len() as u64, Ordering::Relaxed);
+                true
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // librdkafka holds as much as it may: wait, and read the spool later.
+                self.start_replay();
+                self.producer.poll(Duration::from_millis(50));
+                false
+            }
+            Err((e, _)) => {
+                tracing::warn!(error = %e, "the producer refused an event; it stays in the spool");
+                self.fail();
+                false
+            }
+        }
+    }
+
+    fn take_reports(&mut self) {
+        let outcomes =
+            std::mem::take(&mut *self.producer.context().outcomes.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut failed = false;
+        for (at, _next, outcome) in outcomes {
+            match outcome {
+                Ok(()) => {
+                    if self.in_flight.remove(&at) {
+                        self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.stalled_since = None;
+                    self.backoff = Duration::from_millis(250);
+                }
+                Err(e) => {
+                    self.shared.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "delivery failed; the event will be replayed from the spool");
+                    failed = true;
+                }
+            }
+        }
+        if !self.in_flight.is_empty() && self.stalled_since.is_none() {
+            self.stalled_since = Some(Instant::now());
+        }
+        self.shared.stats.unacknowledged.store(self.in_flight.len() as u64, Ordering::Relaxed);
+        if failed {
+            self.fail();
+        }
+    }
+
+    /// Sends everything unacknowledged again, after a growing pause.
+    /// Duplicates are possible; consumers dedupe on `event_id`.
+    fn fail(&mut self) {
+        let from = self.in_flight.first().copied().unwrap_or(self.next).min(self.next);
+        self.in_flight.clear();
+        self.next = from;
+        self.held.clear();
+        self.replay = Some(Reader::new(&self.settings.spool_dir, from));
+        self.backoff_until = Some(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(30));
+    }
+
+    /// Moves the cursor over what was acknowledged, at most five times a second.
+    fn maybe_commit(&mut self, now: bool) {
+        let upto = self.in_flight.first().copied().unwrap_or(self.next);
+        if upto <= self.committed || (!now && self.committed_at.elapsed() < Duration::from_millis(200)) {
+            return;
+        }
+        match spool::commit(&self.settings.spool_dir, upto) {
+            Ok(()) => {
+                self.committed = upto;
+                self.committed_at = Instant::now();
+            }
+            Err(e) => tracing::error!(error = %e, "cannot move the spool cursor"),
+        }
+    }
+
+    fn report_health(&mut self) {
+        let stalled = self.stalled_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5));
+        let why = if self.shared.full.load(Ordering::Relaxed) {
+            Some(Degraded::SpoolFull)
+        } else if stalled {
+            Some(Degraded::BrokersUnreachable)
+        } else if self.replay.is_some() || self.backoff_until.is_some() {
+            Some(Degraded::Spooling)
+        } else {
+            None
+        };
+        if why != self.reported {
+            match why {
+                Some(Degraded::BrokersUnreachable) => tracing::warn!(
+                    brokers = %self.settings.brokers,
+                    "no acknowledgement from the Kafka brokers for 5 s: events are spooling to disk"
+                ),
+                Some(d) => tracing::info!(state = d.as_str(), "Kafka sink degraded"),
+                None => tracing::info!("Kafka sink healthy: the spool is drained"),
+            }
+            self.reported = why;
+        }
+        self.shared.health.set_degraded(why);
+    }
+}
+
+/// `waymark spool replay`: ships what the spool holds and waits for the
+/// brokers' acknowledgements, for at most `timeout`. Returns (sent, acknowledged).
+pub fn replay_now(settings: KafkaSettings, timeout: Duration) -> Result<(u64, u64), KafkaSetupError> {
+    let dir = settings.spool_dir.clone();
+    let end = spool_end(&dir)?;
+    let producer = producer(&settings)?;
+    let shared = Arc::new(Shared {
+        readable_end: AtomicU64::new(end),
+        stop: AtomicBool::new(false),
+        full: AtomicBool::new(false),
+        stats: Arc::default(),
+        health: Arc::default(),
+    });
+    let mut shipper = Shipper::new(settings, producer, shared.clone(), spool::read_cursor(&dir));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        shipper.producer.poll(Duration::from_millis(10));
+        shipper.take_reports();
+        match shipper.backoff_until {
+            Some(t) if Instant::now() < t => continue,
+            _ => shipper.backoff_until = None,
+        }
+        if shipper.replay.is_some() {
+            shipper.replay_some();
+        } else if shipper.in_flight.is_empty() {
+            break;
+        }
+        shipper.maybe_commit(false);
+    }
+    let _ = shipper.producer.flush(Duration::from_secs(5));
+    shipper.take_reports();
+    shipper.maybe_commit(true);
+    let s = &shared.stats;
+    Ok((s.replayed.load(Ordering::Relaxed), s.delivered.load(Ordering::Relaxed)))
+}
+
+/// The end of what a stopped service left in the spool.
+fn spool_end(dir: &Path) -> Result<u64, SpoolError> {
+    let segs = if dir.exists() { spool::segments(dir)? } else { Vec::new() };
+    Ok(segs.last().map_or(0, |last| spool::pos(*last, u32::MAX)))
+}

@@ -1,0 +1,255 @@
+//! The admin listener over real sockets: Prometheus metrics, the
+//! instrument API and its errors; and tenants on the public listener.
+
+mod support;
+
+use std::net::SocketAddr;
+
+use support::*;
+use waymark::destination::Destination;
+use waymark::token::{self, Claims, Link, Target};
+
+const TOKEN: &str = "admin-token-0123456789";
+
+fn admin_addr(svc: &Service) -> SocketAddr {
+    svc.stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("admin (metrics, instrument API) on http://"))
+        .expect("the admin address is printed")
+        .parse()
+        .unwrap()
+}
+
+fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    raw(addr, &bytes)
+}
+
+fn start(extra: &[(&str, &str)]) -> (Service, String) {
+    let keys = key_entry("k1");
+    let mut env = vec![("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"), ("WAYMARK_ADMIN_TOKEN", TOKEN)];
+    env.extend_from_slice(extra);
+    (Service::start(&keys, &env), keys)
+}
+
+#[test]
+fn prometheus_scrapes_metrics_from_the_admin_listener_only() {
+    let (svc, keys) = start(&[]);
+    let t = token::seal(&ring(&keys), &open_claims("m-metrics")).unwrap();
+    svc.get(&format!("/o/{t}"), &[("User-Agent", "Mozilla/5.0 (Macintosh)")]);
+    svc.get("/c/forged", &[]);
+    svc.events(1);
+    let admin = admin_addr(&svc);
+    let scrape = call(admin, "GET", "/metrics", &[], b"");
+    assert_eq!(scrape.status, 200);
+    assert!(scrape.header("content-type").unwrap().starts_with("application/openmetrics-text"));
+    let text = scrape.text();
+    for want in [
+        "waymark_http_requests_total{route=\"pixel\",status=\"200\"} 1",
+        "waymark_http_requests_total{route=\"click\",status=\"404\"} 1",
+        "waymark_token_failures_total{reason=\"encoding\"} 1",
+        "waymark_hits_total{kind=\"open\",verdict=\"human\",counted=\"true\"} 1",
+        "waymark_http_request_duration_seconds_bucket{",
+        "waymark_queue_depth 0",
+        "waymark_ua_cache_misses_total 1",
+        "waymark_events_published_total 1",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    assert!(!text.contains(&keys.split(':').nth(1).unwrap()[..20]), "no secret in metrics");
+    assert_eq!(svc.get("/metrics", &[]).status, 404, "never on the public listener");
+}
+
+#[test]
+fn the_instrument_api_rewrites_html_and_refuses_bad_calls_clearly() {
+    let (svc, keys) = start(&[("WAYMARK_ADMIN_MAX_BODY_BYTES", "4096")]);
+    let admin = admin_addr(&svc);
+    let auth = format!("Bearer {TOKEN}");
+    let json = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let body = serde_json::json!({
+        "html": "<html><body><p>Hi <a href=\"https://example.com/a?x=1&amp;y=2\">there</a></p></body></html>",
+        "message_id": "m-api", "recipient": "r@example.com", "tags": ["api"], "meta": {"k": "v"},
+        "base_url": "https://t.sender.example", "sent_at": "2026-11-24T09:30:00Z"
+    })
+    .to_string();
+    let ok = call(admin, "POST", "/v1/instrument", &json, body.as_bytes());
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let out: serde_json::Value = serde_json::from_slice(&ok.body).unwrap();
+    let html = out["html"].as_str().unwrap();
+    let token_text = html.split("https://t.sender.example/c/").nth(1).unwrap().split('"').next().unwrap();
+    let claims = token::open(&ring(&keys), token_text, 0).unwrap().into_claims();
+    assert_eq!(claims.meta, [("k".to_owned(), "v".to_owned())]);
+    match claims.target {
+        Target::Click(link) => assert_eq!(link.url.as_str(), "https://example.com/a?x=1&y=2"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out["links"], 1);
+    assert_eq!(
+        out["headers"][1],
+        serde_json::json!({"name": "List-Unsubscribe-Post", "value": "List-Unsubscribe=One-Click"})
+    );
+
+    let big = format!("{{\"html\": \"{}\", \"message_id\": \"m\"}}", "x".repeat(5000));
+    let cases: Vec<(&str, Vec<(&str, &str)>, &[u8], u16, &str)> = vec![
+        ("no token", vec![("Content-Type", "application/json")], body.as_bytes(), 401, "bearer token"),
+        (
+            "wrong token",
+            vec![("Content-Type", "application/json"), ("Authorization", "Bearer nope")],
+            body.as_bytes(),
+            401,
+            "bearer token",
+        ),
+        (
+            "not JSON",
+            vec![("Content-Type", "text/html"), ("Authorization", &auth)],
+            body.as_bytes(),
+            415,
+            "application/json",
+        ),
+        ("too large", json.to_vec(), big.as_bytes(), 413, "admin_max_body_bytes (4096 bytes)"),
+        ("broken JSON", json.to_vec(), b"{\"html\":", 400, "not a valid instrument request"),
+        ("missing field", json.to_vec(), b"{\"html\": \"<p>x</p>\"}", 400, "missing field `message_id`"),
+        (
+            "unknown field",
+            json.to_vec(),
+            b"{\"html\": \"\", \"message_id\": \"m\", \"colour\": 1}",
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            "unknown tenant",
+            json.to_vec(),
+            b"{\"html\": \"\", \"message_id\": \"m\", \"tenant\": \"nobody\"}",
+            422,
+            "tenant \"nobody\" is not configured",
+        ),
+        (
+            "bad base_url",
+            json.to_vec(),
+            b"{\"html\": \"\", \"message_id\": \"m\", \"base_url\": \"ftp://x\"}",
+            422,
+            "base_url",
+        ),
+    ];
+    for (case, headers, body, status, says) in cases {
+        let r = call(admin, "POST", "/v1/instrument", &headers, body);
+        assert_eq!(r.status, status, "{case}: {}", r.text());
+        let err: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert!(err["error"].as_str().unwrap().contains(says), "{case}: {err}");
+    }
+    assert_eq!(call(admin, "GET", "/v1/instrument", &json, b"").header("allow"), Some("POST"));
+    assert_eq!(svc.send("POST", "/v1/instrument", &[]).status, 404, "never on the public listener");
+}
+
+#[test]
+fn without_a_token_the_instrument_api_is_off() {
+    let keys = key_entry("k1");
+    let svc = Service::start(&keys, &[("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0")]);
+    let r = call(admin_addr(&svc), "POST", "/v1/instrument", &[("Content-Type", "application/json")], b"{}");
+    assert_eq!(r.status, 403);
+    assert_eq!(call(admin_addr(&svc), "GET", "/metrics", &[], b"").status, 200);
+}
+
+#[test]
+fn tenants_own_their_hosts_keys_and_defaults() {
+    let global = key_entry("k1");
+    let a_keys = key_entry("ka");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nname = \"a\"\nhosts = [\"t.sender-a.example\"]\nkeys = [\"{a_keys}\"]\nclicks = false\n\
+             [[tenants]]\nname = \"b\"\nhosts = [\"t.sender-b.example\"]\nfallback_url = \"https://sender-b.example/\"\n"
+        ),
+    )
+    .unwrap();
+    let svc = Service::start(
+        &global,
+        &[
+            ("WAYMARK_CONFIG", config.to_str().unwrap()),
+            ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("WAYMARK_ADMIN_TOKEN", TOKEN),
+        ],
+    );
+    let click = |tenant: &str| Claims {
+        target: Target::Click(Link {
+            index: 0,
+            url: Destination::parse("https://example.com/x").unwrap(),
+            trap: false,
+        }),
+        tenant: tenant.into(),
+        ..open_claims("m-tenant")
+    };
+    let a_token = token::seal(&ring(&a_keys), &click("a")).unwrap();
+    // Each request names its tracking host in the Host header.
+    let a_on_a = raw(
+        svc.addr,
+        format!("GET /c/{a_token} HTTP/1.1\r\nHost: t.sender-a.example\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!((a_on_a.status, a_on_a.header("location")), (302, Some("https://example.com/x")));
+    let a_on_b = raw(
+        svc.addr,
+        format!("GET /c/{a_token} HTTP/1.1\r\nHost: t.sender-b.example:8080\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(
+        (a_on_b.status, a_on_b.header("location")),
+        (302, Some("https://sender-b.example/")),
+        "B's fallback, never A's destination"
+    );
+    // Sealed with the global ring for tenant a: A's own ring does not open it.
+    let wrong_ring = token::seal(&ring(&global), &click("a")).unwrap();
+    let r = raw(
+        svc.addr,
+        format!("GET /c/{wrong_ring} HTTP/1.1\r\nHost: t.sender-a.example\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    assert_eq!(r.status, 404);
+
+    // The instrument API applies tenant a's defaults: no click tracking.
+    let auth = format!("Bearer {TOKEN}");
+    let r = call(
+        admin_addr(&svc),
+        "POST",
+        "/v1/instrument",
+        &[("Content-Type", "application/json"), ("Authorization", &auth)],
+        br#"{"html": "<body><a href=\"https://example.com/\">x</a></body>", "message_id": "m", "tenant": "a"}"#,
+    );
+    let out: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let html = out["html"].as_str().unwrap();
+    assert!(
+        html.contains("href=\"https://example.com/\"") && html.contains("https://t.sender-a.example/o/"),
+        "{html}"
+    );
+
+    let events = svc.events(1);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["data"]["object"]["email"]["tenant"], "a");
+}
+
+#[test]
+fn unknown_hosts_can_be_rejected() {
+    let keys = key_entry("k1");
+    let svc = Service::start(&keys, &[("WAYMARK_UNKNOWN_HOSTS", "reject")]);
+    let click = Claims {
+        target: Target::Click(Link {
+            index: 0,
+            url: Destination::parse("https://example.com/").unwrap(),
+            trap: false,
+        }),
+        ..open_claims("m-unknown")
+    };
+    let t = token::seal(&ring(&keys), &click).unwrap();
+    assert_eq!(svc.get(&format!("/c/{t}"), &[]).status, 404);
+}

@@ -1,0 +1,267 @@
+//! The Kafka sink against a real Kafka-protocol broker (tansu, started by
+//! `scripts/kafka-broker`, which `scripts/test` runs): round trip, an
+//! outage under load, a crash while spooling, and start-up with no broker.
+//!
+//! Tests that stop a broker start their own, so they never pause the
+//! shared one under another test.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Headers as _;
+use support::*;
+use waymark::token;
+
+/// The shared broker, or a loud failure in CI.
+fn broker() -> Option<String> {
+    match std::env::var("WAYMARK_TEST_KAFKA") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var("CI").is_ok() => {
+            panic!("CI must run the Kafka tests: WAYMARK_TEST_KAFKA is not set")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no broker; run `. $(scripts/kafka-broker start)` first");
+            None
+        }
+    }
+}
+
+/// A broker of this test's own, killed when dropped.
+struct OwnBroker {
+    child: Child,
+    addr: String,
+}
+
+impl OwnBroker {
+    fn start() -> Option<OwnBroker> {
+        broker()?;
+        let tansu = std::env::var("WAYMARK_TEST_TANSU").expect("WAYMARK_TEST_TANSU names the tansu binary");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(&tansu)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(OwnBroker { child, addr: format!("127.0.0.1:{port}") })
+    }
+
+    fn signal(&self, sig: &str) {
+        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn topic(name: &str) -> String {
+    format!("waymark-test-{name}-{}", std::process::id())
+}
+
+struct Consumed {
+    key: String,
+    headers: BTreeMap<String, String>,
+    body: serde_json::Value,
+}
+
+/// Reads the topic from the start until `want` distinct event ids arrived,
+/// or the deadline; returns the records by event id.
+fn consume(broker: &str, topic: &str, want: usize, within: Duration) -> BTreeMap<String, Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("test-{topic}-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "1000")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut seen = BTreeMap::new();
+    let deadline = Instant::now() + within;
+    while seen.len() < want && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let body: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+        seen.insert(body["event_id"].as_str().unwrap().to_owned(), Consumed { key, headers, body });
+    }
+    seen
+}
+
+/// Sends `n` pixel hits for messages `{prefix}-{i}`; returns the slowest answer.
+fn hits(svc: &Service, keys: &str, prefix: &str, n: usize) -> Duration {
+    let ring = ring(keys);
+    let mut slowest = Duration::ZERO;
+    for i in 0..n {
+        let t = token::seal(&ring, &open_claims(&format!("{prefix}-{i}"))).unwrap();
+        let started = Instant::now();
+        let r = svc.get(&format!("/o/{t}"), &[("User-Agent", "Mozilla/5.0 (Macintosh)")]);
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    slowest
+}
+
+fn kafka_env<'a>(broker: &'a str, topic: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("WAYMARK_KAFKA_BROKERS", broker), ("WAYMARK_KAFKA_TOPIC", topic), ("WAYMARK_SPOOL_FSYNC_MS", "50")]
+}
+
+#[test]
+fn every_hit_arrives_on_the_topic_with_its_key_and_headers() {
+    let Some(broker) = broker() else { return };
+    let keys = key_entry("k1");
+    let topic = topic("roundtrip");
+    let svc = Service::start(&keys, &kafka_env(&broker, &topic));
+    assert!(svc.stdout.iter().any(|l| l.starts_with("events go to Kafka")));
+    hits(&svc, &keys, "rt", 200);
+    let got = consume(&broker, &topic, 200, Duration::from_secs(60));
+    assert_eq!(got.len(), 200, "events consumed");
+    let schema = event_schema();
+    for (id, c) in &got {
+        assert_schema_valid(&schema, &c.body);
+        assert_eq!(c.key, c.body["data"]["object"]["email"]["id"].as_str().unwrap(), "key = message id");
+        assert_eq!(c.headers["event_id"], *id);
+        assert_eq!(c.headers["type"], "email.opened");
+        assert_eq!(c.headers["tenant"], "");
+    }
+    assert!(!svc.events_path().exists(), "with brokers configured, the file sink is not used");
+}
+
+#[test]
+fn an_outage_under_load_slows_nothing_and_loses_nothing() {
+    let Some(own) = OwnBroker::start() else { return };
+    let keys = key_entry("k1");
+    let topic = topic("outage");
+    let svc = Service::start(&keys, &kafka_env(&own.addr, &topic));
+    let before = hits(&svc, &keys, "before", 100);
+
+    own.signal("STOP");
+    let outage = Instant::now();
+    let during = hits(&svc, &keys, "during", 300);
+    std::thread::sleep(Duration::from_secs(6));
+    let ready = svc.get("/readyz", &[]);
+    assert_eq!(ready.status, 200, "degraded is not failed");
+    assert!(ready.text().starts_with("degraded"), "{}", ready.text());
+    own.signal("CONT");
+    let outage = outage.elapsed();
+
+    let after = hits(&svc, &keys, "after", 100);
+    let got = consume(&own.addr, &topic, 500, Duration::from_secs(90));
+    let ids: HashSet<String> =
+        got.values().map(|c| c.body["data"]["object"]["email"]["id"].as_str().unwrap().to_owned()).collect();
+    let mut missing = Vec::new();
+    for (prefix, n) in [("before", 100), ("during", 300), ("after", 100)] {
+        for i in 0..n {
+            if !ids.contains(&format!("{prefix}-{i}")) {
+                missing.push(format!("{prefix}-{i}"));
+            }
+        }
+    }
+    eprintln!(
+        "outage of {outage:?}: slowest answer before {before:?}, during {during:?}, after {after:?}; {} distinct events consumed",
+        got.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "{} events never arrived: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(during < Duration::from_secs(1), "an answer took {during:?} while the broker was down");
+}
+
+#[test]
+fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
+    let Some(own) = OwnBroker::start() else { return };
+    let keys = key_entry("k1");
+    let topic = topic("crash");
+    own.signal("STOP");
+    let svc = Service::start(&keys, &kafka_env(&own.addr, &topic));
+    hits(&svc, &keys, "crash", 150);
+    // Past a flush interval: every hit is in the spool, in the kernel.
+    std::thread::sleep(Duration::from_millis(500));
+    let data = svc.dir.path().to_owned();
+    let mut svc = svc;
+    Command::new("kill").arg("-KILL").arg(svc.child.id().to_string()).status().unwrap();
+    svc.child.wait().unwrap();
+    let spool = std::fs::read_dir(data.join("spool")).unwrap().count();
+    assert!(spool >= 2, "segments and cursor were left behind");
+
+    own.signal("CONT");
+    // Restart on the same data directory: the spool is replayed.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
+    cmd.arg("serve")
+        .env_clear()
+        .env("WAYMARK_LISTEN", "127.0.0.1:0")
+        .env("WAYMARK_DATA_DIR", &data)
+        .env("WAYMARK_KEYS", &keys)
+        .env("WAYMARK_LOG", "warn")
+        .envs(kafka_env(&own.addr, &topic))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut restarted = cmd.spawn().unwrap();
+    let got = consume(&own.addr, &topic, 150, Duration::from_secs(90));
+    let _ = restarted.kill();
+    let _ = restarted.wait();
+    assert_eq!(got.len(), 150, "spooled events replayed after the crash");
+}
+
+#[test]
+fn with_no_reachable_broker_it_starts_serves_and_spools() {
+    let keys = key_entry("k1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("127.0.0.1:{port}");
+    let mut svc = Service::start_with_stderr(&keys, &kafka_env(&nowhere, "waymark.events"));
+    hits(&svc, &keys, "nobroker", 20);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = svc.get("/readyz", &[]);
+        assert_eq!(r.status, 200);
+        if r.text() == "degraded: brokers unreachable\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never said degraded: {}", r.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let status = svc.stop();
+    assert!(status.success());
+    let log = svc.stderr();
+    assert!(log.contains("events are spooling to disk"), "{log}");
+    let spool = waymark::sink::spool::status(&svc.dir.path().join("spool")).unwrap();
+    assert_eq!(spool.pending_records, 20, "{spool:?}");
+}
