@@ -307,6 +307,15 @@ def main() -> int:
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     files = sorted(CI.glob("*-values.yaml"))
     check(len(files) >= 3, f"expected at least three values files in {CI}")
+    # The example values in docs/deployment.md are checked like the others,
+    # so the instructions cannot drift from the chart.
+    docs = ROOT / "docs" / "deployment.md"
+    example = re.search(r"## 4\. Install the chart.*?```yaml\n(.*?)```", docs.read_text(), re.S)
+    if check(example is not None, "docs/deployment.md has no example values block under '## 4. Install the chart'"):
+        scratch = tempfile.TemporaryDirectory()  # removed when main() returns
+        tmp_docs = pathlib.Path(scratch.name) / "docs-deployment-md-values.yaml"
+        tmp_docs.write_text(example.group(1))
+        files.append(tmp_docs)
     validate_values_schema(defaults, files)
 
     env_known = known_env_vars()
