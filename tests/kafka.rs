@@ -285,3 +285,27 @@ fn with_no_reachable_broker_it_starts_serves_and_spools() {
     let spool = waymark::sink::spool::status(&svc.dir.path().join("spool")).unwrap();
     assert_eq!(spool.pending_records, 20, "{spool:?}");
 }
+
+#[test]
+fn a_full_spool_keeps_serving_and_says_so() {
+    let keys = key_entry("k1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("127.0.0.1:{port}");
+    let mut env = kafka_env(&nowhere, "waymark.events");
+    env.push(("WAYMARK_SPOOL_MAX_BYTES", "8192"));
+    let svc = Service::start_with_stderr(&keys, &env);
+    // Each event is several hundred bytes: 60 cannot fit in 8 KiB.
+    let slowest = hits(&svc, &keys, "full", 60);
+    assert!(slowest < Duration::from_secs(1));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = svc.get("/readyz", &[]);
+        assert_eq!(r.status, 200, "degraded, not failed");
+        if r.text().contains("spool full") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "readiness never reported the full spool: {}", r.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(svc.stderr().contains("EVENTS ARE BEING LOST"), "{}", svc.stderr());
+}
