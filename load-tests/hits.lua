@@ -21,6 +21,16 @@ local user_agents = {
 }
 local counter = 0
 local unique_ua = os.getenv("UNIQUE_UA") == "1"
+-- Stop after this many responses (one wrk thread): the soak's request count.
+local limit = tonumber(os.getenv("LIMIT") or "")
+local responses = 0
+
+function response(status, headers, body)
+  responses = responses + 1
+  if limit and responses >= limit then
+    wrk.thread:stop()
+  end
+end
 
 function init(args)
   local file = assert(os.getenv("PATHS_FILE"), "set PATHS_FILE")

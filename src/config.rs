@@ -716,7 +716,7 @@ pub fn classify_settings(raw: &RawConfig) -> Result<classify::Settings, ConfigEr
             opens: verdicts("count_opens", raw.count_opens.clone(), defaults.policy.opens)?,
             clicks: verdicts("count_clicks", raw.count_clicks.clone(), defaults.policy.clicks)?,
         },
-        cache_capacity: positive("ua_cache_size", raw.ua_cache_size, 100_000, 100_000_000)?,
+        cache_capacity: positive("ua_cache_size", raw.ua_cache_size, 20_000, 100_000_000)?,
     };
     Ok(classify)
 }

@@ -128,16 +128,49 @@ struct Worker {
 
 /// How often an idle pipeline looks at its stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
+/// Most hits handled before looking at flush and stop again.
+const BATCH: usize = 4096;
+/// Pause between batches while busy: adds at most this to an event's delay.
+const NAP: Duration = Duration::from_micros(500);
+/// Quiet time after which the thread blocks instead of napping.
+const QUIET: Duration = Duration::from_millis(100);
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Hit>, flush_interval: Duration) {
         let mut next_flush = Instant::now() + flush_interval;
+        let mut idle_since = Instant::now();
         loop {
-            let wait = next_flush.saturating_duration_since(Instant::now()).min(STOP_POLL);
-            match rx.recv_timeout(wait) {
-                Ok(hit) => self.handle(&hit),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            // Under load, drain in batches and nap between them instead of
+            // blocking in recv: a blocked receiver makes every try_send on
+            // the edge a wake-up (a futex call and a context switch per
+            // hit). Only after a quiet spell does the thread block again.
+            let mut took = 0;
+            while took < BATCH {
+                match rx.try_recv() {
+                    Ok(hit) => {
+                        self.handle(&hit);
+                        took += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if took > 0 {
+                idle_since = Instant::now();
+                if took < BATCH {
+                    std::thread::sleep(NAP);
+                }
+            } else if idle_since.elapsed() < QUIET {
+                std::thread::sleep(NAP);
+            } else {
+                let wait = next_flush.saturating_duration_since(Instant::now()).min(STOP_POLL);
+                match rx.recv_timeout(wait) {
+                    Ok(hit) => {
+                        self.handle(&hit);
+                        idle_since = Instant::now();
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
             if self.stop.load(Ordering::Relaxed) {
                 while let Ok(hit) = rx.try_recv() {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use smallvec::SmallVec;
 use ulid::Ulid;
 
 use crate::token::Kind;
@@ -43,13 +44,27 @@ impl Default for Windows {
 }
 
 /// Most entries any one map holds; past it the oldest half is dropped.
-const MAX_ENTRIES: usize = 1 << 20;
+/// With the entries below (tens of bytes each), this bounds the state to a
+/// few tens of MiB however many messages are in flight.
+const MAX_ENTRIES: usize = 1 << 17;
 
-/// One message of one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct MessageKey {
-    pub tenant: String,
-    pub message_id: String,
+/// One message of one tenant, as a 64-bit hash: the state remembers
+/// millions of messages, and owned strings would cost ten times the memory.
+/// Two messages sharing a hash (about one chance in 2^64 per pair) would
+/// only share their repeat and back-fill memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageKey(u64);
+
+impl MessageKey {
+    pub fn new(tenant: &str, message_id: &str) -> MessageKey {
+        use std::hash::{Hash as _, Hasher as _};
+        // SipHash with fixed keys: the same message hashes the same on
+        // every replica and across restarts.
+        let mut h = std::hash::DefaultHasher::new();
+        tenant.hash(&mut h);
+        message_id.hash(&mut h);
+        MessageKey(h.finish())
+    }
 }
 
 /// One hit, as behaviour sees it. Times are Unix milliseconds.
@@ -94,8 +109,9 @@ pub struct Withdrawn {
 #[derive(Debug, Default)]
 struct Trail {
     scanning_since: Option<i64>,
-    clicks: Vec<(u16, i64)>,
-    counted: Vec<(Ulid, Kind, Option<u16>, i64)>,
+    // Inline: most clients hit a message once or twice.
+    clicks: SmallVec<[(u16, i64); 2]>,
+    counted: SmallVec<[(Ulid, Kind, Option<u16>); 1]>,
     last_ms: i64,
 }
 
@@ -129,14 +145,14 @@ impl Behaviour {
         let mut f = Findings::default();
 
         if let Some(ip) = seen.client {
-            let trail = self.trails.entry((ip, seen.message.clone())).or_default();
+            let trail = self.trails.entry((ip, *seen.message)).or_default();
             trail.last_ms = trail.last_ms.max(seen.at_ms);
             f.scanning = trail.scanning_since.is_some_and(|since| seen.at_ms - since <= ms(w.scan));
             f.honeypot = seen.trap;
             if let (Kind::Click, Some(link)) = (seen.kind, seen.link) {
-                trail.clicks.retain(|(_, at)| seen.at_ms - at <= ms(w.burst));
+                trail.clicks.retain(|(_, at)| seen.at_ms - *at <= ms(w.burst));
                 trail.clicks.push((link, seen.at_ms));
-                let mut links: Vec<u16> = trail.clicks.iter().map(|(l, _)| *l).collect();
+                let mut links: SmallVec<[u16; 4]> = trail.clicks.iter().map(|(l, _)| *l).collect();
                 links.sort_unstable();
                 links.dedup();
                 f.burst = links.len() >= w.burst_links;
@@ -144,9 +160,9 @@ impl Behaviour {
             if (f.honeypot || f.burst) && !f.scanning {
                 trail.scanning_since = Some(seen.at_ms);
                 // Late evidence: withdraw what this client already had counted.
-                for (event_id, kind, link, _) in trail.counted.drain(..) {
+                for (event_id, kind, link) in trail.counted.drain(..) {
                     f.withdrawn.push(Withdrawn { event_id, kind });
-                    self.last_counted.remove(&(seen.message.clone(), kind, link));
+                    self.last_counted.remove(&(*seen.message, kind, link));
                     if kind == Kind::Open {
                         self.opened.remove(seen.message);
                     }
@@ -157,28 +173,29 @@ impl Behaviour {
             return f;
         }
 
-        let key = (seen.message.clone(), seen.kind, seen.link);
+        let key = (*seen.message, seen.kind, seen.link);
         let window = if seen.kind == Kind::Unsubscribe { w.memory } else { w.repeat };
         if self.last_counted.get(&key).is_some_and(|at| seen.at_ms - at <= ms(window)) {
             f.repeat = true;
             return f;
         }
         self.last_counted.insert(key, seen.at_ms);
-        let mut counted_now = vec![(seen.event_id, seen.kind, seen.link, seen.at_ms)];
+        let mut counted_now: SmallVec<[(Ulid, Kind, Option<u16>); 2]> = SmallVec::new();
+        counted_now.push((seen.event_id, seen.kind, seen.link));
         match seen.kind {
             Kind::Open => {
-                self.opened.insert(seen.message.clone(), seen.at_ms);
+                self.opened.insert(*seen.message, seen.at_ms);
             }
             Kind::Click if !self.opened.contains_key(seen.message) => {
                 let id = Ulid::from_parts(seen.event_id.timestamp_ms(), seen.event_id.random() ^ 1);
                 f.backfill = Some(id);
-                self.opened.insert(seen.message.clone(), seen.at_ms);
-                counted_now.push((id, Kind::Open, None, seen.at_ms));
+                self.opened.insert(*seen.message, seen.at_ms);
+                counted_now.push((id, Kind::Open, None));
             }
             _ => {}
         }
         if let Some(ip) = seen.client {
-            let trail = self.trails.entry((ip, seen.message.clone())).or_default();
+            let trail = self.trails.entry((ip, *seen.message)).or_default();
             trail.counted.extend(counted_now);
         }
         f
@@ -224,7 +241,7 @@ mod tests {
     use super::*;
 
     fn msg(id: &str) -> MessageKey {
-        MessageKey { tenant: String::new(), message_id: id.into() }
+        MessageKey::new("", id)
     }
 
     struct Feed {

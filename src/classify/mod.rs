@@ -20,7 +20,6 @@ pub mod behaviour;
 pub mod networks;
 pub mod rules;
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -71,29 +70,62 @@ impl Verdict {
 }
 
 /// A short machine-readable code for a signal that fired: `head`,
-/// `ua:proofpoint`, `net:microsoft`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Reason(Cow<'static, str>);
+/// `ua:proofpoint`, `net:microsoft`. Codes from the rule data are shared
+/// (`Arc<str>`), so putting one on a hit copies a pointer, not a string.
+#[derive(Debug, Clone)]
+pub struct Reason(ReasonText);
+
+#[derive(Debug, Clone)]
+enum ReasonText {
+    Fixed(&'static str),
+    Shared(Arc<str>),
+}
 
 impl Reason {
-    pub const HEAD: Reason = Reason(Cow::Borrowed("head"));
-    pub const PREFETCH: Reason = Reason(Cow::Borrowed("prefetch"));
-    pub const REPEAT: Reason = Reason(Cow::Borrowed("repeat"));
-    pub const HONEYPOT: Reason = Reason(Cow::Borrowed("honeypot"));
-    pub const BURST: Reason = Reason(Cow::Borrowed("burst"));
-    pub const SCANNING: Reason = Reason(Cow::Borrowed("scanning"));
-    pub const BACKFILL: Reason = Reason(Cow::Borrowed("backfill"));
-    pub const MACHINE_OPEN: Reason = Reason(Cow::Borrowed("machine-open"));
-    pub const CRAWLER: Reason = Reason(Cow::Borrowed("ua:crawler"));
-    pub const NO_USER_AGENT: Reason = Reason(Cow::Borrowed("ua:missing"));
+    pub const HEAD: Reason = Reason::fixed("head");
+    pub const PREFETCH: Reason = Reason::fixed("prefetch");
+    pub const REPEAT: Reason = Reason::fixed("repeat");
+    pub const HONEYPOT: Reason = Reason::fixed("honeypot");
+    pub const BURST: Reason = Reason::fixed("burst");
+    pub const SCANNING: Reason = Reason::fixed("scanning");
+    pub const BACKFILL: Reason = Reason::fixed("backfill");
+    pub const MACHINE_OPEN: Reason = Reason::fixed("machine-open");
+    pub const CRAWLER: Reason = Reason::fixed("ua:crawler");
+    pub const NO_USER_AGENT: Reason = Reason::fixed("ua:missing");
+
+    const fn fixed(code: &'static str) -> Reason {
+        Reason(ReasonText::Fixed(code))
+    }
 
     pub fn owned(code: String) -> Reason {
-        Reason(Cow::Owned(code))
+        Reason(ReasonText::Shared(Arc::from(code)))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            ReasonText::Fixed(s) => s,
+            ReasonText::Shared(s) => s,
+        }
+    }
+}
+
+impl PartialEq for Reason {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Reason {}
+
+impl std::hash::Hash for Reason {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state)
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
     }
 }
 
@@ -176,7 +208,7 @@ impl Default for Settings {
             prefetch_window: Duration::from_secs(5),
             windows: Windows::default(),
             policy: CountingPolicy::default(),
-            cache_capacity: 100_000,
+            cache_capacity: 20_000,
         }
     }
 }
@@ -193,7 +225,7 @@ pub enum ClassifyError {
 #[derive(Debug)]
 struct UaFacts {
     device: Option<Device>,
-    rule: Option<rules::Rule>,
+    rule: Option<Arc<rules::Rule>>,
     crawler: bool,
 }
 
@@ -387,7 +419,7 @@ impl Classifier {
         };
         let counted = allowed && !head && !prefetch;
 
-        let message = MessageKey { tenant: claims.tenant.clone(), message_id: claims.message_id.clone() };
+        let message = MessageKey::new(&claims.tenant, &claims.message_id);
         let (link, trap) = match &claims.target {
             Target::Click(l) => (Some(l.index), l.trap),
             _ => (None, false),

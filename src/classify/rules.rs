@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use aho_corasick::AhoCorasick;
@@ -71,7 +72,7 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct Rules {
     pub version: String,
-    rules: Vec<Rule>,
+    rules: Vec<Arc<Rule>>,
     contains: AhoCorasick,
     contains_rule: Vec<usize>,
     regex: RegexSet,
@@ -118,13 +119,13 @@ impl Rules {
                 }
             }
             let reason = Reason::owned(format!("ua:{}", r.name));
-            rules.push(Rule {
+            rules.push(Arc::new(Rule {
                 name: r.name,
                 what: r.what,
                 verdict: r.verdict,
                 machine_open: r.machine_open,
                 reason,
-            });
+            }));
         }
         let contains = AhoCorasick::builder()
             .ascii_case_insensitive(true)
@@ -135,7 +136,7 @@ impl Rules {
     }
 
     /// The first rule, in file order, that matches the user agent.
-    pub fn find(&self, user_agent: &str) -> Option<&Rule> {
+    pub fn find(&self, user_agent: &str) -> Option<&Arc<Rule>> {
         let mut best = self.equals.get(user_agent).copied();
         let mut consider = |index: usize| best = Some(best.map_or(index, |b| b.min(index)));
         // Overlapping search: a later pattern must not hide an earlier rule.
