@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """Turns load-tests/run's results.jsonl into report.md and latency.svg
-(no third-party packages: the SVG is written by hand)."""
+(no third-party packages: the SVG is written by hand).
+
+Each variant block holds N alternating rounds of nginx and waymark at full
+load plus one run of each at half its median rate. Figures are medians over
+the rounds; a ratio is the median of the per-round ratios, so a drift of the
+machine between rounds cancels out."""
 import json
 import platform
-import subprocess
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -12,10 +17,38 @@ rows = [json.loads(l) for l in Path(sys.argv[1]).read_text().splitlines() if l.s
 out = Path(sys.argv[2])
 runs = [r for r in rows if "server" in r]
 soak = next((r["soak"] for r in rows if "soak" in r), None)
+blocks = list(dict.fromkeys(r["block"] for r in runs))
+ROUTES = ("pixel", "click")
 
 
-def get(server, route, mode):
-    return next((r["result"] for r in runs if r["server"] == server and r["route"] == route and r["mode"] == mode), None)
+def pick(block, server, route, mode):
+    return sorted((r for r in runs if (r["block"], r["server"], r["route"], r["mode"]) == (block, server, route, mode)),
+                  key=lambda r: r["round"])
+
+
+def med(rs, field):
+    return statistics.median(r["result"][field] for r in rs) if rs else float("nan")
+
+
+def summary(block, server, route):
+    full, half = pick(block, server, route, "max"), pick(block, server, route, "half")
+    return {
+        "rps": med(full, "rps"),
+        "p50": med(full, "p50_us") / 1000,
+        "p99": med(full, "p99_us") / 1000,
+        "p999": med(full, "p999_us") / 1000,
+        "half_p99": med(half, "p99_us") / 1000,
+        "cpu_us": statistics.median(r["cpu_us_per_request"] for r in half) if half else float("nan"),
+        "errors": sum(r["result"]["errors"] for r in full + half),
+        "rounds": full,
+    }
+
+
+def ratio(block, route):
+    ours = {r["round"]: r["result"]["rps"] for r in pick(block, f"waymark-{block}", route, "max")}
+    ref = {r["round"]: r["result"]["rps"] for r in pick(block, "nginx", route, "max")}
+    per_round = [ours[k] / ref[k] for k in ours if ref.get(k)]
+    return statistics.median(per_round) if per_round else float("nan"), per_round
 
 
 cpu = "unknown CPU"
@@ -23,51 +56,80 @@ try:
     cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
 except (OSError, StopIteration):
     pass
-servers = sorted({r["server"] for r in runs if r["server"] != "nginx"})
+rounds = max((r["round"] for r in runs), default=0)
 lines = [
     "# Load test report",
     "",
-    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {platform.machine()}; each server pinned to one core, wrk on the other.",
+    f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {platform.machine()}; each server pinned to "
+    f"the same single core, wrk on the other; {rounds} alternating rounds of nginx and waymark per route, medians shown.",
     "",
-    "| server | route | rps | ratio to nginx | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | errors |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    "| variant | server | route | rps | ratio to nginx (per round) | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate | CPU µs per request at half rate | errors |",
+    "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
-for route in ("pixel", "click"):
-    ref = get("nginx", route, "max")
-    for server in ["nginx"] + servers:
-        m, h = get(server, route, "max"), get(server, route, "half")
-        if not m:
-            continue
-        ratio = m["rps"] / ref["rps"] if ref else float("nan")
-        lines.append(
-            f"| {server} | {route} | {m['rps']:.0f} | {ratio:.2f}x | {m['p50_us']/1000:.3f} | {m['p99_us']/1000:.3f} | "
-            f"{m['p999_us']/1000:.3f} | {(h['p99_us']/1000 if h else float('nan')):.3f} | {m['errors']} |"
-        )
+for block in blocks:
+    for route in ROUTES:
+        for server in ("nginx", f"waymark-{block}"):
+            s = summary(block, server, route)
+            if not s["rounds"]:
+                continue
+            if server == "nginx":
+                shown = "1.00x"
+            else:
+                r, per = ratio(block, route)
+                shown = f"**{r:.2f}x** ({', '.join(f'{x:.2f}' for x in per)})"
+            lines.append(
+                f"| {block} | {server} | {route} | {s['rps']:.0f} | {shown} | {s['p50']:.3f} | {s['p99']:.3f} | "
+                f"{s['p999']:.3f} | {s['half_p99']:.3f} | {s['cpu_us']:.1f} | {s['errors']} |"
+            )
+
+# The issue's targets, checked against what was measured.
+targets = []
+for block in blocks:
+    for route in ROUTES:
+        r, _ = ratio(block, route)
+        if r == r:
+            targets.append((f"{block} {route}: ≥ 0.8x nginx's rps", f"{r:.2f}x", r >= 0.8))
+        s = summary(block, f"waymark-{block}", route)
+        if s["half_p99"] == s["half_p99"]:
+            targets.append((f"{block} {route}: p99 ≤ 1 ms at half rate", f"{s['half_p99']:.3f} ms", s["half_p99"] <= 1.0))
+if "kafka" in blocks and "kafka-down" in blocks:
+    for route in ROUTES:
+        up, down = summary("kafka", "waymark-kafka", route), summary("kafka-down", "waymark-kafka-down", route)
+        rr = down["rps"] / up["rps"]
+        pr = down["half_p99"] / up["half_p99"]
+        targets.append((f"{route}: broker down vs up, rps within 10%", f"{rr:.2f}x", rr >= 0.9))
+        targets.append((f"{route}: broker down vs up, p99 at half rate within 10%", f"{pr:.2f}x", pr <= 1.1))
 if soak:
-    lines += ["", f"Soak: {soak['events']} events with distinct message ids and user agents; peak RSS {soak['max_rss_kib']/1024:.1f} MiB."]
+    mib = soak["max_rss_kib"] / 1024
+    targets.append((f"soak: peak RSS < 128 MiB over {soak['events']} events", f"{mib:.1f} MiB", mib < 128))
+lines += ["", "## Targets", "", "| target | measured | met |", "|---|---:|---|"]
+lines += [f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in targets]
 lines += ["", "![latency](latency.svg)", ""]
 (out / "report.md").write_text("\n".join(lines))
 
-# A grouped bar chart of p50/p99/p99.9 per server and route.
+# A grouped bar chart of p50/p99/p99.9 at full load per variant, server and route.
 bars = []
-for route in ("pixel", "click"):
-    for server in ["nginx"] + servers:
-        m = get(server, route, "max")
-        if m:
-            bars.append((f"{server} {route}", m["p50_us"], m["p99_us"], m["p999_us"]))
-width, row_h, left = 900, 26, 230
+for block in blocks:
+    for route in ROUTES:
+        for server in ("nginx", f"waymark-{block}"):
+            s = summary(block, server, route)
+            if s["rounds"]:
+                label = f"{server} {route}" if server != "nginx" else f"nginx {route} ({block})"
+                bars.append((label, s["p50"], s["p99"], s["p999"]))
+width, row_h, left = 960, 22, 260
 height = 60 + row_h * len(bars) * 3
-peak = max([b[3] for b in bars] + [1])
+peak = max([b[3] for b in bars] + [0.001])
 colors = {"p50": "#4c78a8", "p99": "#f58518", "p99.9": "#e45756"}
 svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-       f'<text x="10" y="20" font-size="15">Latency at full load (µs), one core each</text>']
+       '<rect width="100%" height="100%" fill="white"/>',
+       '<text x="10" y="20" font-size="15">Latency at full load (ms, medians of the rounds), one core each</text>']
 y = 40
 for label, *vals in bars:
     for (name, color), v in zip(colors.items(), vals):
         w = (width - left - 80) * v / peak
-        svg.append(f'<text x="10" y="{y + 14}">{label} {name}</text>')
-        svg.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{row_h - 6}" fill="{color}"/>')
-        svg.append(f'<text x="{left + w + 4:.1f}" y="{y + 14}">{v}</text>')
+        svg.append(f'<text x="10" y="{y + 13}">{label} {name}</text>')
+        svg.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{row_h - 5}" fill="{color}"/>')
+        svg.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}">{v:.2f}</text>')
         y += row_h
 svg.append("</svg>")
 (out / "latency.svg").write_text("\n".join(svg))

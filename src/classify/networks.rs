@@ -5,7 +5,7 @@
 //! Everything here answers from memory; a look-up never touches the disk.
 //! The service runs with no database at all.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -79,9 +79,9 @@ impl NetworkList {
 
     pub fn parse(text: &str) -> Result<NetworkList, NetworksError> {
         let raw: RawList = toml::from_str(text).map_err(|e| NetworksError::Syntax(e.to_string()))?;
-        let mut v4: HashMap<u8, HashMap<u32, usize>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<u128, usize>> = HashMap::new();
-        let mut asns = HashMap::new();
+        let mut v4: HashMap<u8, HashMap<u32, usize>> = HashMap::default();
+        let mut v6: HashMap<u8, HashMap<u128, usize>> = HashMap::default();
+        let mut asns = HashMap::default();
         let mut operators = Vec::new();
         for (index, n) in raw.networks.into_iter().enumerate() {
             let bad = |problem: String| NetworksError::Entry { index, operator: n.operator.clone(), problem };
