@@ -27,7 +27,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer, ProducerContext};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::spool::{self, Reader, Spool, SpoolError, SpoolSettings};
 use super::{Sink, SinkError};
@@ -68,15 +68,30 @@ impl KafkaSettings {
         c
     }
 
-    fn topic_for(&self, kind: &str) -> String {
-        if self.topic_per_type { format!("{}.{kind}", self.topic) } else { self.topic.clone() }
+    fn topic_for(&self, kind: &str) -> std::borrow::Cow<'_, str> {
+        if self.topic_per_type { format!("{}.{kind}", self.topic).into() } else { self.topic.as_str().into() }
     }
 }
 
 /// One event as the spool keeps it: the JSON and what Kafka keys and
-/// headers on.
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
+/// headers on, read back without copying.
+#[derive(Debug, PartialEq, Eq)]
+struct Record<'a> {
+    kind: &'a str,
+    key: &'a str,
+    tenant: &'a str,
+    event_id: &'a str,
+    json: &'a [u8],
+}
+
+/// First byte of a record in the current layout. Earlier spools hold
+/// postcard records, which start with the length of the type name (under
+/// 128), so they can never begin with it.
+const RECORD_V2: u8 = 0xFF;
+
+/// The first layout, still read so an upgrade replays an old spool.
+#[derive(Deserialize)]
+struct RecordV1 {
     kind: String,
     key: String,
     tenant: String,
@@ -84,16 +99,40 @@ struct Record {
     json: Vec<u8>,
 }
 
-impl Record {
+#[derive(Debug, thiserror::Error)]
+#[error("unreadable spool record: {0}")]
+struct RecordError(&'static str);
+
+impl<'a> Record<'a> {
+    /// `0xFF`, then type, key, tenant and event id each as a little-endian
+    /// u16 length and its bytes, then the JSON to the end.
     fn encode(event: &EncodedEvent) -> Vec<u8> {
-        postcard::to_allocvec(&Record {
-            kind: event.kind.as_str().to_owned(),
-            key: event.message_id.clone(),
-            tenant: event.tenant.clone(),
-            event_id: event.event_id.clone(),
-            json: event.json.to_vec(),
-        })
-        .expect("records always serialize")
+        let fields = [event.kind.as_str(), &event.message_id, &event.tenant, &event.event_id];
+        let mut out = Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + event.json.len());
+        out.push(RECORD_V2);
+        for field in fields {
+            // Message ids and tenants are bounded far below this by the token size.
+            let len = u16::try_from(field.len()).unwrap_or(u16::MAX);
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
+        }
+        out.extend_from_slice(&event.json);
+        out
+    }
+
+    fn decode(payload: &'a [u8]) -> Result<Record<'a>, RecordError> {
+        let Some((&RECORD_V2, mut rest)) = payload.split_first() else {
+            return Err(RecordError("unknown layout"));
+        };
+        let mut field = || -> Result<&'a str, RecordError> {
+            let (len, tail) = rest.split_first_chunk::<2>().ok_or(RecordError("truncated"))?;
+            let len = usize::from(u16::from_le_bytes(*len));
+            let (text, tail) = tail.split_at_checked(len).ok_or(RecordError("truncated"))?;
+            rest = tail;
+            std::str::from_utf8(text).map_err(|_| RecordError("field is not UTF-8"))
+        };
+        let (kind, key, tenant, event_id) = (field()?, field()?, field()?, field()?);
+        Ok(Record { kind, key, tenant, event_id, json: rest })
     }
 }
 
@@ -159,6 +198,8 @@ struct Shipment {
 
 /// Shipments waiting in memory; beyond this the shipper reads the spool.
 const LIVE_QUEUE: usize = 65_536;
+/// Most live shipments sent in one turn of the shipper's loop.
+const LIVE_BATCH: usize = 1024;
 
 pub struct KafkaSink {
     spool: Spool,
@@ -361,7 +402,20 @@ impl Shipper {
                         self.replay_some();
                     } else {
                         match incoming.recv_timeout(Duration::from_millis(5)) {
-                            Ok(s) => self.ship_live(s),
+                            Ok(s) => {
+                                self.ship_live(s);
+                                // Take what else waits before the bookkeeping
+                                // below, which need not run per event.
+                                for _ in 0..LIVE_BATCH {
+                                    if self.replay.is_some() {
+                                        break; // the next turn reads the spool
+                                    }
+                                    match incoming.try_recv() {
+                                        Ok(s) => self.ship_live(s),
+                                        Err(_) => break,
+                                    }
+                                }
+                            }
                             Err(RecvTimeoutError::Timeout) => {}
                             Err(RecvTimeoutError::Disconnected) => {}
                         }
@@ -453,22 +507,27 @@ impl Shipper {
 
     /// Sends one record; false when the producer cannot take it now.
     fn send(&mut self, at: u64, next: u64, payload: &[u8], replayed: bool) -> bool {
-        let record: Record = match postcard::from_bytes(payload) {
+        let v1: RecordV1;
+        let record = match Record::decode(payload) {
             Ok(r) => r,
+            Err(_) if let Ok(old) = postcard::from_bytes::<RecordV1>(payload) => {
+                v1 = old;
+                Record { kind: &v1.kind, key: &v1.key, tenant: &v1.tenant, event_id: &v1.event_id, json: &v1.json }
+            }
             Err(e) => {
                 tracing::error!(error = %e, at, "skipping an unreadable spool record");
                 self.next = next;
                 return true;
             }
         };
-        let topic = self.settings.topic_for(&record.kind);
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "type", value: Some(record.kind.as_str()) })
-            .insert(Header { key: "tenant", value: Some(record.tenant.as_str()) })
-            .insert(Header { key: "event_id", value: Some(record.event_id.as_str()) });
+        let topic = self.settings.topic_for(record.kind);
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header { key: "type", value: Some(record.kind) })
+            .insert(Header { key: "tenant", value: Some(record.tenant) })
+            .insert(Header { key: "event_id", value: Some(record.event_id) });
         let base = BaseRecord::with_opaque_to(&topic, Box::new((at, next)))
             .key(record.key.as_bytes())
-            .payload(&record.json)
+            .payload(record.json)
             .headers(headers);
         match self.producer.send(base) {
             Ok(()) => {
@@ -630,4 +689,76 @@ pub fn replay_now(settings: KafkaSettings, timeout: Duration) -> Result<(u64, u6
 fn spool_end(dir: &Path) -> Result<u64, SpoolError> {
     let segs = if dir.exists() { spool::segments(dir)? } else { Vec::new() };
     Ok(segs.last().map_or(0, |last| spool::pos(*last, u32::MAX)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::EventType;
+
+    fn event(json: &str) -> EncodedEvent {
+        EncodedEvent {
+            event_id: "evt_01KAZ4T1ZH8Q6M1J3N2V5X7Y9B".into(),
+            kind: EventType::Clicked,
+            message_id: "msg-ü-1".into(),
+            tenant: "acme".into(),
+            json: Bytes::copy_from_slice(json.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn records_read_back_as_written() {
+        for json in ["{\"a\":1}", "", "{\"ua\":\"Mozilla/5.0 \\u00e9\"}"] {
+            let payload = Record::encode(&event(json));
+            let record = Record::decode(&payload).unwrap();
+            assert_eq!(
+                record,
+                Record {
+                    kind: "email.clicked",
+                    key: "msg-ü-1",
+                    tenant: "acme",
+                    event_id: "evt_01KAZ4T1ZH8Q6M1J3N2V5X7Y9B",
+                    json: json.as_bytes(),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn first_layout_records_are_told_apart_and_still_read() {
+        #[derive(serde::Serialize)]
+        struct Old<'a> {
+            kind: &'a str,
+            key: &'a str,
+            tenant: &'a str,
+            event_id: &'a str,
+            json: Vec<u8>,
+        }
+        let old = postcard::to_allocvec(&Old {
+            kind: "email.opened",
+            key: "m",
+            tenant: "",
+            event_id: "evt_x",
+            json: b"{}".to_vec(),
+        })
+        .unwrap();
+        assert!(Record::decode(&old).is_err(), "an old record is not mistaken for the new layout");
+        let read: RecordV1 = postcard::from_bytes(&old).unwrap();
+        assert_eq!((read.kind.as_str(), read.key.as_str(), read.json.as_slice()), ("email.opened", "m", &b"{}"[..]));
+    }
+
+    #[test]
+    fn damaged_records_are_refused_not_misread() {
+        let good = Record::encode(&event("{}"));
+        let cases: [(&str, Vec<u8>); 5] = [
+            ("empty", vec![]),
+            ("other layout byte", [&[0x0C][..], &good[1..]].concat()),
+            ("cut inside a length", good[..2].to_vec()),
+            ("cut inside a field", good[..8].to_vec()),
+            ("field not UTF-8", [&[RECORD_V2, 2, 0, 0xC3, 0x28][..], &[0, 0, 0, 0, 0, 0][..]].concat()),
+        ];
+        for (name, payload) in cases {
+            assert!(Record::decode(&payload).is_err(), "{name}");
+        }
+    }
 }
