@@ -17,6 +17,7 @@ rows = [json.loads(l) for l in Path(sys.argv[1]).read_text().splitlines() if l.s
 out = Path(sys.argv[2])
 runs = [r for r in rows if "server" in r]
 soak = next((r["soak"] for r in rows if "soak" in r), None)
+hits = {r["block"]: r["hits"] for r in rows if "hits" in r}
 blocks = list(dict.fromkeys(r["block"] for r in runs))
 ROUTES = ("pixel", "click")
 
@@ -92,6 +93,8 @@ for block in blocks:
         s = summary(block, f"waymark-{block}", route)
         if s["half_p99"] == s["half_p99"]:
             targets.append((f"{block} {route}: p99 ≤ 1 ms at half rate", f"{s['half_p99']:.3f} ms", s["half_p99"] <= 1.0))
+for block, h in hits.items():
+    targets.append((f"{block}: no hit dropped on the way to the sink", f"{h['dropped']} of {h['recorded']}", h["dropped"] == 0))
 if "kafka" in blocks and "kafka-down" in blocks:
     for route in ROUTES:
         up, down = summary("kafka", "waymark-kafka", route), summary("kafka-down", "waymark-kafka-down", route)

@@ -108,7 +108,8 @@ impl<'a> Record<'a> {
     /// u16 length and its bytes, then the JSON to the end.
     fn encode(event: &EncodedEvent) -> Vec<u8> {
         let fields = [event.kind.as_str(), &event.message_id, &event.tenant, &event.event_id];
-        let mut out = Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + event.json.len());
+        let mut out =
+            Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + event.json.len());
         out.push(RECORD_V2);
         for field in fields {
             // Message ids and tenants are bounded far below this by the token size.
@@ -229,7 +230,6 @@ impl KafkaSink {
         stats: Arc<KafkaStats>,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let spool = Spool::open(&settings.spool_dir, settings.spool)?;
-        let producer = producer(&settings)?;
         let shared = Arc::new(Shared {
             readable_end: AtomicU64::new(spool.end()),
             stop: AtomicBool::new(false),
@@ -244,11 +244,30 @@ impl KafkaSink {
         if pending > 0 {
             tracing::warn!(pending, "replaying events a previous run left in the spool");
         }
-        let shipper = Shipper::new(settings, producer, shared.clone(), cursor);
+        // The producer is made on the shipper's thread, so librdkafka's own
+        // threads inherit its lower priority; a bad setting still fails here.
+        let (ready, made) = mpsc::sync_channel(1);
+        let for_shipper = shared.clone();
         let shipper = std::thread::Builder::new()
             .name("waymark-kafka".into())
-            .spawn(move || shipper.run(incoming))
+            .spawn(move || {
+                crate::pipeline::yield_to_requests();
+                match producer(&settings) {
+                    Ok(producer) => {
+                        let _ = ready.send(Ok(()));
+                        Shipper::new(settings, producer, for_shipper, cursor).run(incoming)
+                    }
+                    Err(e) => {
+                        let _ = ready.send(Err(e));
+                    }
+                }
+            })
             .expect("cannot start the Kafka shipper thread");
+        match made.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => panic!("the Kafka shipper thread ended before making its producer"),
+        }
         Ok(KafkaSink { spool, live, shared, shipper: Some(shipper), lost_logged: 0 })
     }
 }
@@ -520,7 +539,13 @@ impl Shipper {
             Ok(r) => r,
             Err(_) if let Ok(old) = postcard::from_bytes::<RecordV1>(payload) => {
                 v1 = old;
-                Record { kind: &v1.kind, key: &v1.key, tenant: &v1.tenant, event_id: &v1.event_id, json: &v1.json }
+                Record {
+                    kind: &v1.kind,
+                    key: &v1.key,
+                    tenant: &v1.tenant,
+                    event_id: &v1.event_id,
+                    json: &v1.json,
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, at, "skipping an unreadable spool record");
@@ -770,7 +795,10 @@ mod tests {
         .unwrap();
         assert!(Record::decode(&old).is_err(), "an old record is not mistaken for the new layout");
         let read: RecordV1 = postcard::from_bytes(&old).unwrap();
-        assert_eq!((read.kind.as_str(), read.key.as_str(), read.json.as_slice()), ("email.opened", "m", &b"{}"[..]));
+        assert_eq!(
+            (read.kind.as_str(), read.key.as_str(), read.json.as_slice()),
+            ("email.opened", "m", &b"{}"[..])
+        );
     }
 
     #[test]
