@@ -417,12 +417,6 @@ impl RawConfig {
         let events_file =
             self.events_file.map(PathBuf::from).unwrap_or_else(|| data_dir.join("events.jsonl"));
 
-        let positive = |setting: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
-            match v.unwrap_or(default) {
-                n @ 1.. if n <= max => Ok(n),
-                n => Err(invalid(setting, n.to_string(), &format!("a number from 1 to {max}"))),
-            }
-        };
         let queue_capacity = positive("queue_capacity", self.queue_capacity, 65_536, 16 << 20)? as usize;
         let ms = Duration::from_millis;
         let flush_interval = ms(positive("flush_interval_ms", self.flush_interval_ms, 1_000, 3_600_000)?);
@@ -672,14 +666,16 @@ impl RawConfig {
 }
 
 /// The classifier's settings alone: `waymark classify` needs these and no keys.
+/// A setting that must be from 1 to `max`, `default` when unset.
+fn positive(setting: &str, v: Option<u64>, default: u64, max: u64) -> Result<u64, ConfigError> {
+    match v.unwrap_or(default) {
+        n @ 1.. if n <= max => Ok(n),
+        n => Err(invalid(setting, n.to_string(), &format!("a number from 1 to {max}"))),
+    }
+}
+
 pub fn classify_settings(raw: &RawConfig) -> Result<classify::Settings, ConfigError> {
     let ms = Duration::from_millis;
-    let positive = |setting: &str, v: Option<u64>, default: u64, max: u64| -> Result<u64, ConfigError> {
-        match v.unwrap_or(default) {
-            n @ 1.. if n <= max => Ok(n),
-            n => Err(invalid(setting, n.to_string(), &format!("a number from 1 to {max}"))),
-        }
-    };
     let zero_ok = |setting: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {
         match v.unwrap_or(default) {
             n if n <= 30 * 24 * 3_600_000 => Ok(ms(n)),

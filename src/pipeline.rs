@@ -103,10 +103,7 @@ impl Pipeline {
         let worker = Worker { classifier, sink, privacy, stats: stats.clone(), stop: stop.clone() };
         let thread = std::thread::Builder::new()
             .name("waymark-pipeline".into())
-            .spawn(move || {
-                yield_to_requests();
-                worker.run(rx, flush_interval)
-            })
+            .spawn(move || worker.run(rx, flush_interval))
             .expect("cannot start the pipeline thread");
         (Recorder { tx, stats }, Pipeline { thread, stop })
     }
@@ -137,19 +134,6 @@ const BATCH: usize = 4096;
 const NAP: Duration = Duration::from_micros(500);
 /// Quiet time after which the thread blocks instead of napping.
 const QUIET: Duration = Duration::from_millis(100);
-
-/// Lowers the calling thread's scheduling priority a little (nice 5), so
-/// that on a shared core a request being answered preempts event work
-/// instead of queueing behind it: this halves the tail latency with a
-/// Kafka sink. The thread still gets about a quarter of a saturated core,
-/// more than it needs at the edge's maximum rate, so hits are not shed
-/// (the load test checks `hits_dropped`). Threads it starts inherit it.
-pub fn yield_to_requests() {
-    // On Linux the "process" here is the calling thread alone.
-    if let Err(e) = rustix::process::setpriority_process(None, 5) {
-        tracing::debug!(error = %e, "cannot lower a background thread's priority");
-    }
-}
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Hit>, flush_interval: Duration) {
@@ -231,8 +215,13 @@ impl Worker {
         match op(self.sink.as_mut()) {
             Ok(()) => true,
             Err(e) => {
-                self.stats.sink_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "event sink failed");
+                let failures = self.stats.sink_errors.fetch_add(1, Ordering::Relaxed) + 1;
+                // At powers of two: a sink failing every event (a full
+                // spool) must not turn the pipeline into a log writer that
+                // falls behind and sheds hits.
+                if failures.is_power_of_two() {
+                    tracing::error!(error = %e, failures, "event sink failed");
+                }
                 false
             }
         }

@@ -226,6 +226,27 @@ fn an_outage_longer_than_the_message_timeout_loses_nothing() {
 }
 
 #[test]
+fn a_full_producer_queue_during_an_outage_loses_nothing() {
+    // With room for only 20 messages inside librdkafka, the outage fills it
+    // at once: every later event waits in the spool, and each attempt to
+    // send one is refused again and again until the broker is back.
+    let Some(own) = OwnBroker::start() else { return };
+    let keys = key_entry("k1");
+    let topic = topic("queue-full");
+    let mut env = kafka_env(&own.addr, &topic);
+    env.push(("WAYMARK_KAFKA_PROPERTIES", "queue.buffering.max.messages=20"));
+    let svc = Service::start(&keys, &env);
+    hits(&svc, &keys, "before", 30);
+    own.signal("STOP");
+    hits(&svc, &keys, "during", 300);
+    std::thread::sleep(Duration::from_secs(2));
+    own.signal("CONT");
+    hits(&svc, &keys, "after", 30);
+    let got = consume(&own.addr, &topic, 360, Duration::from_secs(90));
+    assert_eq!(got.len(), 360, "every event arrives though the producer's queue was full for seconds");
+}
+
+#[test]
 fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
     let Some(own) = OwnBroker::start() else { return };
     let keys = key_entry("k1");

@@ -16,7 +16,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -251,7 +251,7 @@ impl KafkaSink {
         let shipper = std::thread::Builder::new()
             .name("waymark-kafka".into())
             .spawn(move || {
-                crate::pipeline::yield_to_requests();
+                yield_to_requests();
                 match producer(&settings) {
                     Ok(producer) => {
                         let _ = ready.send(Ok(()));
@@ -291,11 +291,9 @@ impl Sink for KafkaSink {
         self.shared.stats.spooled.fetch_add(1, Ordering::Relaxed);
         self.shared.full.store(false, Ordering::Relaxed);
         let shipment = Shipment { at, next: self.spool.end(), payload };
-        match self.live.try_send(shipment) {
-            // The shipper is behind: it will read this one from the spool.
-            Ok(()) | Err(TrySendError::Full(_)) => Ok(()),
-            Err(TrySendError::Disconnected(_)) => Ok(()),
-        }
+        // A shipper that is behind reads this one from the spool instead.
+        let _ = self.live.try_send(shipment);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -315,6 +313,20 @@ impl Sink for KafkaSink {
             tracing::error!("the Kafka shipper thread panicked");
         }
         Ok(())
+    }
+}
+
+/// Lowers the calling thread's scheduling priority a little (nice 5), so
+/// that on a shared core a request being answered preempts the work it
+/// starts. Only for work that can fall behind without loss, such as the
+/// Kafka shipper, which reads from the spool what it could not keep up
+/// with: the pipeline thread itself stays at normal priority, or a core
+/// saturated by expensive hits would make it shed them. Threads it starts
+/// inherit it.
+fn yield_to_requests() {
+    // On Linux the "process" here is the calling thread alone.
+    if let Err(e) = rustix::process::setpriority_process(None, 5) {
+        tracing::debug!(error = %e, "cannot lower a background thread's priority");
     }
 }
 
@@ -360,6 +372,9 @@ struct Shipper {
     replay: Option<Reader>,
     /// Live shipments kept while replaying, so no flush is waited for.
     held: VecDeque<Shipment>,
+    /// Read from the spool, refused by a full producer queue: sent first
+    /// next time (only if still next in order), so nothing is skipped.
+    unsent: Option<(u64, u64, Bytes)>,
     /// After a failure, nothing is sent before this.
     backoff_until: Option<Instant>,
     backoff: Duration,
@@ -388,6 +403,7 @@ impl Shipper {
             // Always start by reading the spool: it may hold a previous run's events.
             replay: Some(reader),
             held: VecDeque::new(),
+            unsent: None,
             backoff_until: None,
             backoff: Duration::from_millis(250),
             stalled_since: None,
@@ -494,22 +510,28 @@ impl Shipper {
         let start = self.next;
         let end = self.shared.readable_end.load(Ordering::Acquire);
         for _ in 0..1000 {
-            let Some(reader) = self.replay.as_mut() else { return true };
-            match reader.next(end) {
-                Ok(Some((at, next, payload))) => {
-                    if at < self.next {
-                        continue;
-                    }
-                    if !self.send(at, next, &payload, true) {
-                        return self.next != start;
+            let (at, next, payload) = match self.unsent.take() {
+                Some(record) if record.0 == self.next => record,
+                _ => {
+                    let Some(reader) = self.replay.as_mut() else { return true };
+                    match reader.next(end) {
+                        Ok(Some(record)) => record,
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot read the spool; retrying");
+                            self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
+                            return true;
+                        }
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the spool; retrying");
-                    self.backoff_until = Some(Instant::now() + Duration::from_secs(1));
-                    return true;
-                }
+            };
+            if at < self.next {
+                continue;
+            }
+            if !self.send(at, next, &payload, true) {
+                // The reader has moved past it: keep it to try first.
+                self.unsent = Some((at, next, payload));
+                return self.next != start;
             }
         }
         // Caught up with what is readable: continue from the held shipments.
