@@ -2,9 +2,10 @@
 -- (one path a line) and a user agent from a realistic mix, so the server
 -- sees many distinct tokens and user agents, not one URL.
 --
--- Environment: PATHS_FILE (required), RATE (optional requests per second in
--- total, approximated with wrk's per-connection delay), CONNECTIONS (needed
--- with RATE), UNIQUE_UA=1 to make every user agent distinct (soak).
+-- Environment: PATHS_FILE (required), RATE (optional: pace the connections
+-- with a DELAY_MS pause, default 1, after each response; the caller sizes
+-- the connection count to reach the rate), UNIQUE_UA=1 to make every user
+-- agent distinct (soak).
 
 local paths = {}
 local user_agents = {
@@ -42,12 +43,13 @@ function init(args)
 end
 
 local rate = tonumber(os.getenv("RATE") or "")
-local connections = tonumber(os.getenv("CONNECTIONS") or "1")
+-- With RATE: the pause in milliseconds between a response and the next
+-- request on a connection; load-tests/run sizes the connection count.
+local pause = tonumber(os.getenv("DELAY_MS") or "1")
 
 function delay()
   if rate then
-    -- Each connection waits so that all of them together send RATE a second.
-    return math.max(1, math.floor(connections * 1000 / rate))
+    return pause
   end
   return 0
 end

@@ -299,6 +299,18 @@ fn with_no_reachable_broker_it_starts_serves_and_spools() {
         assert!(Instant::now() < deadline, "readiness never said degraded: {}", r.text());
         std::thread::sleep(Duration::from_millis(200));
     }
+    // Replaying by hand while the service ships from the same spool is refused.
+    let replay = Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(["spool", "replay"])
+        .env_clear()
+        .env("WAYMARK_DATA_DIR", svc.dir.path())
+        .env("WAYMARK_KEYS", &keys)
+        .envs(kafka_env(&nowhere, "waymark.events"))
+        .output()
+        .unwrap();
+    assert!(!replay.status.success());
+    let said = String::from_utf8_lossy(&replay.stderr);
+    assert!(said.contains("in use by another waymark process"), "{said}");
     let status = svc.stop();
     assert!(status.success());
     let log = svc.stderr();

@@ -727,6 +727,8 @@ impl Shipper {
 pub fn replay_now(settings: KafkaSettings, timeout: Duration) -> Result<(u64, u64), KafkaSetupError> {
     let dir = settings.spool_dir.clone();
     let end = spool_end(&dir)?;
+    // Refused while a service ships from the same spool.
+    let _lock = if dir.exists() { Some(spool::lock(&dir)?) } else { None };
     let producer = producer(&settings)?;
     let shared = Arc::new(Shared {
         readable_end: AtomicU64::new(end),

@@ -40,10 +40,29 @@ pub enum SpoolError {
     Full { used: u64, cap: u64 },
     #[error("record of {0} bytes is larger than the spool accepts")]
     TooLarge(usize),
+    #[error(
+        "the spool {dir} is in use by another waymark process: give each replica its own spool_dir, \
+         and stop the service before `waymark spool replay`"
+    )]
+    InUse { dir: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io { path: path.to_owned(), source }
+}
+
+/// Takes the spool directory's lock (an exclusive advisory lock on its
+/// `lock` file, released when the process ends however it ends): two
+/// writers, or a writer and `spool replay`, would ship and delete each
+/// other's records.
+pub fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(SpoolError::InUse { dir: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
 }
 
 pub fn pos(segment: u32, offset: u32) -> u64 {
@@ -78,6 +97,8 @@ pub struct Spool {
     used: u64,
     synced_at: Instant,
     dirty: bool,
+    /// Held for the spool's life: one writer per directory.
+    _lock: File,
 }
 
 impl std::fmt::Debug for Spool {
@@ -131,6 +152,7 @@ impl Spool {
     /// its last whole, checksummed record; writing goes on in a new segment.
     pub fn open(dir: &Path, settings: SpoolSettings) -> Result<Spool, SpoolError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let lock = lock(dir)?;
         let existing = segments(dir)?;
         if let Some(&last) = existing.last() {
             let path = segment_path(dir, last);
@@ -155,12 +177,16 @@ impl Spool {
             used,
             synced_at: Instant::now(),
             dirty: false,
+            _lock: lock,
         })
     }
 
     fn create(dir: &Path, segment: u32) -> Result<BufWriter<File>, SpoolError> {
         let path = segment_path(dir, segment);
         let f = OpenOptions::new().create(true).append(true).open(&path).map_err(io(&path))?;
+        // The new name must survive a power loss as well as what is
+        // written under it: sync the directory too.
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
         Ok(BufWriter::with_capacity(256 * 1024, f))
     }
 
@@ -388,6 +414,17 @@ mod tests {
             out.push(p.to_vec());
         }
         out
+    }
+
+    #[test]
+    fn one_writer_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = Spool::open(dir.path(), settings()).unwrap();
+        let second = Spool::open(dir.path(), settings()).unwrap_err();
+        assert!(matches!(&second, SpoolError::InUse { dir: d } if d == dir.path()), "{second}");
+        assert!(second.to_string().contains("in use by another waymark process"), "{second}");
+        drop(first);
+        Spool::open(dir.path(), settings()).expect("free again once the first writer is gone");
     }
 
     #[test]
