@@ -205,24 +205,33 @@ fn an_outage_under_load_slows_nothing_and_loses_nothing() {
     assert!(during < Duration::from_secs(1), "an answer took {during:?} while the broker was down");
 }
 
+/// Hits before, during and after a broker outage of `pause`, with one
+/// librdkafka property set; returns how many distinct events arrived, and
+/// how many were sent.
+fn through_an_outage(property: &str, name: &str, during: usize, pause: Duration) -> (usize, usize) {
+    let Some(own) = OwnBroker::start() else { return (0, 0) };
+    let keys = key_entry("k1");
+    let topic = topic(name);
+    let mut env = kafka_env(&own.addr, &topic);
+    env.push(("WAYMARK_KAFKA_PROPERTIES", property));
+    let svc = Service::start(&keys, &env);
+    hits(&svc, &keys, "before", 30);
+    own.signal("STOP");
+    hits(&svc, &keys, "during", during);
+    std::thread::sleep(pause);
+    own.signal("CONT");
+    hits(&svc, &keys, "after", 30);
+    let sent = 60 + during;
+    (consume(&own.addr, &topic, sent, Duration::from_secs(90)).len(), sent)
+}
+
 #[test]
 fn an_outage_longer_than_the_message_timeout_loses_nothing() {
     // Messages time out inside librdkafka during this outage; the producer
     // may come back fenced, and delivery must resume all the same.
-    let Some(own) = OwnBroker::start() else { return };
-    let keys = key_entry("k1");
-    let topic = topic("long-outage");
-    let mut env = kafka_env(&own.addr, &topic);
-    env.push(("WAYMARK_KAFKA_PROPERTIES", "message.timeout.ms=1500"));
-    let svc = Service::start(&keys, &env);
-    hits(&svc, &keys, "early", 50);
-    own.signal("STOP");
-    hits(&svc, &keys, "long", 200);
-    std::thread::sleep(Duration::from_secs(6));
-    own.signal("CONT");
-    hits(&svc, &keys, "late", 50);
-    let got = consume(&own.addr, &topic, 300, Duration::from_secs(90));
-    assert_eq!(got.len(), 300, "events consumed after an outage of 4x the message timeout");
+    let (got, sent) =
+        through_an_outage("message.timeout.ms=1500", "long-outage", 200, Duration::from_secs(6));
+    assert_eq!(got, sent, "events consumed after an outage of 4x the message timeout");
 }
 
 #[test]
@@ -230,20 +239,9 @@ fn a_full_producer_queue_during_an_outage_loses_nothing() {
     // With room for only 20 messages inside librdkafka, the outage fills it
     // at once: every later event waits in the spool, and each attempt to
     // send one is refused again and again until the broker is back.
-    let Some(own) = OwnBroker::start() else { return };
-    let keys = key_entry("k1");
-    let topic = topic("queue-full");
-    let mut env = kafka_env(&own.addr, &topic);
-    env.push(("WAYMARK_KAFKA_PROPERTIES", "queue.buffering.max.messages=20"));
-    let svc = Service::start(&keys, &env);
-    hits(&svc, &keys, "before", 30);
-    own.signal("STOP");
-    hits(&svc, &keys, "during", 300);
-    std::thread::sleep(Duration::from_secs(2));
-    own.signal("CONT");
-    hits(&svc, &keys, "after", 30);
-    let got = consume(&own.addr, &topic, 360, Duration::from_secs(90));
-    assert_eq!(got.len(), 360, "every event arrives though the producer's queue was full for seconds");
+    let (got, sent) =
+        through_an_outage("queue.buffering.max.messages=20", "queue-full", 300, Duration::from_secs(2));
+    assert_eq!(got, sent, "every event arrives though the producer's queue was full for seconds");
 }
 
 #[test]
