@@ -2,24 +2,17 @@
 -- (one path a line) and a user agent from a realistic mix, so the server
 -- sees many distinct tokens and user agents, not one URL.
 --
--- Environment: PATHS_FILE (required), RATE (optional: pace the connections
--- with a DELAY_MS pause, default 1, after each response; the caller sizes
--- the connection count to reach the rate), UNIQUE_UA=1 to make every user
--- agent distinct (soak).
+-- Environment: PATHS_FILE (required), USER_AGENTS_FILE (default
+-- load-tests/user-agents.txt), UNIQUE_UA=1 to make every user agent distinct
+-- (soak), LIMIT to stop after that many responses. wrk runs closed-loop at
+-- full load; the runs at a set rate use load-tests/pace.
 
 local paths = {}
-local user_agents = {
-  "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
-  "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
-  "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko)",
-  "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)",
-  "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
-  "Mozilla/5.0",
-  "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.6099.144 Mobile Safari/537.36",
-  "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
-  "python-requests/2.31.0",
-  "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
-}
+-- The mix of user agents, one a line: shared with load-tests/pace.
+local user_agents = {}
+for line in io.lines(os.getenv("USER_AGENTS_FILE") or "load-tests/user-agents.txt") do
+  if line ~= "" then user_agents[#user_agents + 1] = line end
+end
 local counter = 0
 local unique_ua = os.getenv("UNIQUE_UA") == "1"
 -- Stop after this many responses (one wrk thread): the soak's request count.
@@ -40,18 +33,6 @@ function init(args)
   end
   assert(#paths > 0, "no paths in " .. file)
   math.randomseed(os.time() + (tonumber(tostring({}):sub(8), 16) or 0))
-end
-
-local rate = tonumber(os.getenv("RATE") or "")
--- With RATE: the pause in milliseconds between a response and the next
--- request on a connection; load-tests/run sizes the connection count.
-local pause = tonumber(os.getenv("DELAY_MS") or "1")
-
-function delay()
-  if rate then
-    return pause
-  end
-  return 0
 end
 
 function request()

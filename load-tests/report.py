@@ -3,7 +3,8 @@
 (no third-party packages: the SVG is written by hand).
 
 Each variant block holds N alternating rounds of nginx and waymark at full
-load plus one run of each at half its median rate. Figures are medians over
+load (wrk), then N alternating rounds of each at half its median rate (sent
+open loop by load-tests/pace, latency counted from when a request was due). Figures are medians over
 the rounds; a ratio is the median of the per-round ratios, so a drift of the
 machine between rounds cancels out."""
 import json
@@ -63,7 +64,8 @@ lines = [
     "# Load test report",
     "",
     f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu}, {platform.machine()}; each server pinned to "
-    f"the same single core, wrk on the other; {rounds} alternating rounds of nginx and waymark per route, medians shown.",
+    f"the same single core, the load generator on the other; {rounds} alternating rounds of nginx and waymark per route "
+    "at full load (wrk) and at half of each one's median rate (load-tests/pace, open loop), medians shown.",
     "",
     "| variant | server | route | rps | ratio to nginx (per round) | p50 ms | p99 ms | p99.9 ms | p99 ms at half rate (rps reached) | CPU µs per request at half rate | errors |",
     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
