@@ -100,7 +100,14 @@ impl Pipeline {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = Worker { classifier, sink, privacy, stats: stats.clone(), stop: stop.clone() };
+        let worker = Worker {
+            classifier,
+            sink,
+            privacy,
+            stats: stats.clone(),
+            stop: stop.clone(),
+            json: Vec::with_capacity(4096),
+        };
         let thread = std::thread::Builder::new()
             .name("waymark-pipeline".into())
             .spawn(move || worker.run(rx, flush_interval))
@@ -124,6 +131,9 @@ struct Worker {
     privacy: Privacy,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
+    /// Every event's JSON is written here in turn: one buffer, no
+    /// allocation per event.
+    json: Vec<u8>,
 }
 
 /// How often an idle pipeline looks at its stop flag.
@@ -179,11 +189,11 @@ impl Worker {
                 break;
             }
             if Instant::now() >= next_flush {
-                let _ = self.check(|sink| sink.flush());
+                checked(&self.stats, self.sink.flush());
                 next_flush = Instant::now() + flush_interval;
             }
         }
-        let _ = self.check(|sink| sink.close());
+        checked(&self.stats, self.sink.close());
     }
 
     fn handle(&mut self, hit: &Hit) {
@@ -204,26 +214,25 @@ impl Worker {
 
     fn publish(&mut self, mut event: Event) {
         self.privacy.apply(&mut event);
-        let event = event.encode();
-        if self.check(|sink| sink.publish(&event)) {
+        if checked(&self.stats, self.sink.publish(&event.encode(&mut self.json))) {
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
 
-    /// Runs a sink operation; a failure is counted and logged, never fatal.
-    fn check(&mut self, op: impl FnOnce(&mut dyn Sink) -> Result<(), crate::sink::SinkError>) -> bool {
-        match op(self.sink.as_mut()) {
-            Ok(()) => true,
-            Err(e) => {
-                let failures = self.stats.sink_errors.fetch_add(1, Ordering::Relaxed) + 1;
-                // At powers of two: a sink failing every event (a full
-                // spool) must not turn the pipeline into a log writer that
-                // falls behind and sheds hits.
-                if failures.is_power_of_two() {
-                    tracing::error!(error = %e, failures, "event sink failed");
-                }
-                false
+/// A sink operation's outcome: a failure is counted and logged, never fatal.
+fn checked(stats: &Stats, outcome: Result<(), crate::sink::SinkError>) -> bool {
+    match outcome {
+        Ok(()) => true,
+        Err(e) => {
+            let failures = stats.sink_errors.fetch_add(1, Ordering::Relaxed) + 1;
+            // At powers of two: a sink failing every event (a full spool)
+            // must not turn the pipeline into a log writer that falls behind
+            // and sheds hits.
+            if failures.is_power_of_two() {
+                tracing::error!(error = %e, failures, "event sink failed");
             }
+            false
         }
     }
 }

@@ -142,12 +142,14 @@ impl Behaviour {
     /// Looks at one hit. `counted` is whether the hit would count on its
     /// own signals; the findings say what its history changes.
     pub fn observe(&mut self, seen: &Seen<'_>, counted: bool) -> Findings {
+        use std::collections::hash_map::Entry;
         self.prune(seen.at_ms);
         let w = self.windows;
         let mut f = Findings::default();
 
-        if let Some(ip) = seen.client {
-            let trail = self.trails.entry((ip, *seen.message)).or_default();
+        // One look-up per map and hit: the pipeline does this for every hit.
+        let mut trail = seen.client.map(|ip| self.trails.entry((ip, *seen.message)).or_default());
+        if let Some(trail) = trail.as_deref_mut() {
             trail.last_ms = trail.last_ms.max(seen.at_ms);
             f.scanning = trail.scanning_since.is_some_and(|since| seen.at_ms - since <= ms(w.scan));
             f.honeypot = seen.trap;
@@ -175,29 +177,32 @@ impl Behaviour {
             return f;
         }
 
-        let key = (*seen.message, seen.kind, seen.link);
         let window = if seen.kind == Kind::Unsubscribe { w.memory } else { w.repeat };
-        if self.last_counted.get(&key).is_some_and(|at| seen.at_ms - at <= ms(window)) {
-            f.repeat = true;
-            return f;
+        match self.last_counted.entry((*seen.message, seen.kind, seen.link)) {
+            Entry::Occupied(last) if seen.at_ms - *last.get() <= ms(window) => {
+                f.repeat = true;
+                return f;
+            }
+            Entry::Occupied(mut last) => *last.get_mut() = seen.at_ms,
+            Entry::Vacant(none) => {
+                none.insert(seen.at_ms);
+            }
         }
-        self.last_counted.insert(key, seen.at_ms);
         let mut counted_now: SmallVec<[(Ulid, Kind, Option<u16>); 2]> = SmallVec::new();
         counted_now.push((seen.event_id, seen.kind, seen.link));
-        match seen.kind {
-            Kind::Open => {
-                self.opened.insert(*seen.message, seen.at_ms);
+        match (seen.kind, self.opened.entry(*seen.message)) {
+            (Kind::Open, opened) => {
+                opened.insert_entry(seen.at_ms);
             }
-            Kind::Click if !self.opened.contains_key(seen.message) => {
+            (Kind::Click, Entry::Vacant(none)) => {
                 let id = Ulid::from_parts(seen.event_id.timestamp_ms(), seen.event_id.random() ^ 1);
                 f.backfill = Some(id);
-                self.opened.insert(*seen.message, seen.at_ms);
+                none.insert(seen.at_ms);
                 counted_now.push((id, Kind::Open, None));
             }
             _ => {}
         }
-        if let Some(ip) = seen.client {
-            let trail = self.trails.entry((ip, *seen.message)).or_default();
+        if let Some(trail) = trail {
             trail.counted.extend(counted_now);
         }
         f

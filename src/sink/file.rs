@@ -31,7 +31,7 @@ impl FileSink {
 
 impl Sink for FileSink {
     fn publish(&mut self, event: &EncodedEvent) -> Result<(), SinkError> {
-        self.out.write_all(&event.json).and_then(|()| self.out.write_all(b"\n")).map_err(|e| self.io(e))
+        self.out.write_all(event.json).and_then(|()| self.out.write_all(b"\n")).map_err(|e| self.io(e))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

@@ -107,7 +107,8 @@ impl<'a> Record<'a> {
     /// `0xFF`, then type, key, tenant and event id each as a little-endian
     /// u16 length and its bytes, then the JSON to the end.
     fn encode(event: &EncodedEvent) -> Vec<u8> {
-        let fields = [event.kind.as_str(), &event.message_id, &event.tenant, &event.event_id];
+        let mut id = [0; 40];
+        let fields = [event.kind.as_str(), event.message_id, event.tenant, event.event_id.as_str(&mut id)];
         let mut out =
             Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + event.json.len());
         out.push(RECORD_V2);
@@ -117,7 +118,7 @@ impl<'a> Record<'a> {
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
         }
-        out.extend_from_slice(&event.json);
+        out.extend_from_slice(event.json);
         out
     }
 
@@ -769,15 +770,15 @@ fn spool_end(dir: &Path) -> Result<u64, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::EventType;
+    use crate::event::{EventType, Prefixed};
 
-    fn event(json: &str) -> EncodedEvent {
+    fn event(json: &str) -> EncodedEvent<'_> {
         EncodedEvent {
-            event_id: "evt_01KAZ4T1ZH8Q6M1J3N2V5X7Y9B".into(),
+            event_id: Prefixed::event("01KAZ4T1ZH8Q6M1J3N2V5X7Y9B".parse().unwrap()),
             kind: EventType::Clicked,
-            message_id: "msg-ü-1".into(),
-            tenant: "acme".into(),
-            json: Bytes::copy_from_slice(json.as_bytes()),
+            message_id: "msg-ü-1",
+            tenant: "acme",
+            json: json.as_bytes(),
         }
     }
 
