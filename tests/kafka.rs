@@ -317,6 +317,43 @@ fn with_no_reachable_broker_it_starts_serves_and_spools() {
     assert_eq!(spool.pending_records, 20, "{spool:?}");
 }
 
+/// Each thread of a process: its name and scheduling policy (field 41 of
+/// /proc/PID/task/TID/stat; 0 is SCHED_OTHER, 5 SCHED_IDLE).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_owned();
+            Some((name, rest.split_whitespace().nth(38)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn kafka_threads_give_way_to_requests() {
+    let keys = key_entry("k1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("127.0.0.1:{port}");
+    let mut svc = Service::start(&keys, &kafka_env(&nowhere, "waymark.events"));
+    hits(&svc, &keys, "policy", 5);
+    let threads = thread_policies(svc.child.id());
+    let policy = |prefix: &str| {
+        threads.iter().filter(|(n, _)| n.starts_with(prefix)).map(|(_, p)| *p).collect::<Vec<_>>()
+    };
+    // The shipper and librdkafka's threads (started from it) only run when
+    // the core has nothing else to do; answering and judging hits never wait.
+    assert_eq!(policy("waymark-kafka"), [5], "{threads:?}");
+    assert!(!policy("rdk:").is_empty() && policy("rdk:").iter().all(|p| *p == 5), "{threads:?}");
+    assert!(
+        policy("tokio-rt-worker").iter().chain(&policy("waymark-pipelin")).all(|p| *p == 0),
+        "{threads:?}"
+    );
+    assert!(!policy("waymark-pipelin").is_empty(), "{threads:?}");
+    assert!(svc.stop().success());
+}
+
 #[test]
 fn a_full_spool_keeps_serving_and_says_so() {
     let keys = key_entry("k1");

@@ -317,17 +317,25 @@ impl Sink for KafkaSink {
     }
 }
 
-/// Lowers the calling thread's scheduling priority a little (nice 5), so
-/// that on a shared core a request being answered preempts the work it
-/// starts. Only for work that can fall behind without loss, such as the
-/// Kafka shipper, which reads from the spool what it could not keep up
-/// with: the pipeline thread itself stays at normal priority, or a core
-/// saturated by expensive hits would make it shed them. Threads it starts
-/// inherit it.
+/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`): on
+/// a shared core a request being answered then preempts the Kafka work the
+/// moment it arrives, instead of waiting out that work's time slice (nice 5
+/// left a 3 ms p99 at half load; idle, 0.6-0.8 ms). Idle threads run on
+/// whatever the core has spare; on a core saturated for a long while they
+/// fall behind, which is safe only for work that cannot lose anything by
+/// it: the shipper reads from the spool what it could not keep up with and
+/// catches up when the load drops. The pipeline thread itself stays at
+/// normal priority, or a saturated core would make it shed hits. Threads
+/// it starts (librdkafka's) inherit the class.
 fn yield_to_requests() {
-    // On Linux the "process" here is the calling thread alone.
-    if let Err(e) = rustix::process::setpriority_process(None, 5) {
-        tracing::debug!(error = %e, "cannot lower a background thread's priority");
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) =
+        set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, idle)
+    {
+        tracing::debug!(error = ?e, "cannot move a background thread to the idle scheduling class");
     }
 }
 
