@@ -46,9 +46,15 @@ impl Default for Windows {
 }
 
 /// Most entries any one map holds; past it the oldest half is dropped.
-/// With the entries below (tens of bytes each), this bounds the state to a
-/// few tens of MiB however many messages are in flight.
-const MAX_ENTRIES: usize = 1 << 17;
+/// With the entries below (16 to 150 bytes each), this bounds the state to
+/// about 50 MiB however many messages are in flight.
+///
+/// 7/16 of a power of two on purpose: a table of 2^18 buckets holds 7/8 of
+/// that, and entries dropped leave tombstones that use up its room. When
+/// they do, the table is rehashed in place if at most half its room is
+/// taken, and doubled otherwise; kept at or under half, it never grows past
+/// 2^18 buckets.
+const MAX_ENTRIES: usize = 7 << 14;
 
 /// One message of one tenant, as a 64-bit hash: the state remembers
 /// millions of messages, and owned strings would cost ten times the memory.
@@ -124,6 +130,7 @@ pub struct Behaviour {
     opened: HashMap<MessageKey, i64>,
     trails: HashMap<(IpAddr, MessageKey), Trail>,
     pruned_ms: i64,
+    max_entries: usize,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -132,7 +139,7 @@ fn ms(d: Duration) -> i64 {
 
 impl Behaviour {
     pub fn new(windows: Windows) -> Self {
-        Behaviour { windows, ..Default::default() }
+        Behaviour { windows, max_entries: MAX_ENTRIES, ..Default::default() }
     }
 
     pub fn windows(&self) -> &Windows {
@@ -144,6 +151,12 @@ impl Behaviour {
     pub fn observe(&mut self, seen: &Seen<'_>, counted: bool) -> Findings {
         use std::collections::hash_map::Entry;
         self.prune(seen.at_ms);
+        // Checked on every hit, before this hit adds its entries, not once a
+        // second: a flood of new messages adds tens of thousands a second,
+        // and a table that outgrows the cap doubles its memory.
+        cap(&mut self.last_counted, self.max_entries, |at| *at);
+        cap(&mut self.opened, self.max_entries, |at| *at);
+        cap(&mut self.trails, self.max_entries, |t| t.last_ms);
         let w = self.windows;
         let mut f = Findings::default();
 
@@ -224,15 +237,13 @@ impl Behaviour {
         });
         self.opened.retain(|_, at| now_ms - *at <= memory);
         self.trails.retain(|_, t| now_ms - t.last_ms <= trail_life);
-        cap(&mut self.last_counted, |at| *at);
-        cap(&mut self.opened, |at| *at);
-        cap(&mut self.trails, |t| t.last_ms);
     }
 }
 
-/// Keeps a map under [`MAX_ENTRIES`] by dropping its older half.
-fn cap<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, at: impl Fn(&V) -> i64) {
-    if map.len() <= MAX_ENTRIES {
+/// Leaves room in a map for one more entry within `max` by dropping its
+/// older half when it is full.
+fn cap<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>, max: usize, at: impl Fn(&V) -> i64) {
+    if map.len() < max {
         return;
     }
     let mut times: Vec<i64> = map.values().map(&at).collect();
@@ -360,6 +371,28 @@ mod tests {
         let m = msg("m1");
         assert!(!f.hit(&m, Kind::Unsubscribe, None, "203.0.113.1", 0).1.repeat);
         assert!(f.hit(&m, Kind::Unsubscribe, None, "203.0.113.1", 3_600_000).1.repeat);
+    }
+
+    #[test]
+    fn a_flood_of_new_messages_keeps_every_map_within_its_cap() {
+        let mut f = Feed::new();
+        // As MAX_ENTRIES: 7/16 of 2^11 buckets.
+        f.b.max_entries = 7 << 7;
+        // New messages from new clients, a few hundred a second of hit
+        // time, for long enough that capped tables would have filled with
+        // tombstones many times over.
+        for i in 0..40_000u32 {
+            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            let kind = if i % 2 == 0 { Kind::Open } else { Kind::Click };
+            f.hit(&msg(&format!("m{i}")), kind, Some(0), &ip, i64::from(i) * 3);
+            assert!(
+                [f.b.trails.len(), f.b.opened.len(), f.b.last_counted.len()].iter().all(|n| *n <= 7 << 7)
+            );
+        }
+        // Tombstones never made a table grow past 2^11 buckets (room for 7/8).
+        for capacity in [f.b.trails.capacity(), f.b.opened.capacity(), f.b.last_counted.capacity()] {
+            assert!(capacity <= 7 << 8, "{capacity}");
+        }
     }
 
     #[test]
