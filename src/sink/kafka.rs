@@ -465,7 +465,15 @@ impl Shipper {
                                     }
                                 }
                             }
-                            Err(RecvTimeoutError::Timeout) => {}
+                            Err(RecvTimeoutError::Timeout) => {
+                                // A gap is otherwise seen only when the next
+                                // shipment arrives: the tail of a burst that
+                                // overflowed the queue would wait in the spool
+                                // for the next event, however late it comes.
+                                if self.shared.readable_end.load(Ordering::Acquire) > self.next {
+                                    self.start_replay();
+                                }
+                            }
                             Err(RecvTimeoutError::Disconnected) => {}
                         }
                     }
@@ -788,6 +796,54 @@ mod tests {
             tenant: "acme",
             json: json.as_bytes(),
         }
+    }
+
+    /// The test broker from `scripts/kafka-broker`; required under CI.
+    fn test_broker() -> Option<String> {
+        match std::env::var("WAYMARK_TEST_KAFKA") {
+            Ok(b) => Some(b),
+            Err(_) if std::env::var("CI").is_ok() => {
+                panic!("CI must run the Kafka tests: WAYMARK_TEST_KAFKA is not set")
+            }
+            Err(_) => None,
+        }
+    }
+
+    #[test]
+    fn the_tail_of_a_burst_that_overflowed_the_live_queue_is_shipped_without_another_event() {
+        let Some(brokers) = test_broker() else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let settings = KafkaSettings {
+            brokers,
+            topic: format!("waymark.test.tail.{}", std::process::id()),
+            topic_per_type: false,
+            properties: Vec::new(),
+            flush_timeout: Duration::from_secs(5),
+            spool_dir: dir.path().join("spool"),
+            spool: crate::sink::spool::SpoolSettings::default(),
+        };
+        let stats = Arc::new(KafkaStats::default());
+        let mut sink = KafkaSink::start(settings, Arc::new(Health::default()), stats.clone()).unwrap();
+        let delivered = |want: u64| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while stats.delivered.load(Ordering::Relaxed) < want && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            stats.delivered.load(Ordering::Relaxed)
+        };
+        for _ in 0..20 {
+            sink.publish(&event("{}")).unwrap();
+        }
+        sink.flush().unwrap();
+        assert_eq!(delivered(20), 20);
+        // Ten more spooled but never handed over, as when the live queue
+        // was full: the end of a burst, and then quiet.
+        for _ in 0..10 {
+            sink.spool.append(&Record::encode(&event("{}"))).unwrap();
+        }
+        sink.flush().unwrap();
+        assert_eq!(delivered(30), 30, "the tail stayed in the spool");
+        sink.close().unwrap();
     }
 
     #[test]
