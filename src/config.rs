@@ -665,7 +665,6 @@ impl RawConfig {
     }
 }
 
-/// The classifier's settings alone: `waymark classify` needs these and no keys.
 /// A setting that must be from 1 to `max`, `default` when unset.
 fn positive(setting: &str, v: Option<u64>, default: u64, max: u64) -> Result<u64, ConfigError> {
     match v.unwrap_or(default) {
@@ -674,6 +673,7 @@ fn positive(setting: &str, v: Option<u64>, default: u64, max: u64) -> Result<u64
     }
 }
 
+/// The classifier's settings alone: `waymark classify` needs these and no keys.
 pub fn classify_settings(raw: &RawConfig) -> Result<classify::Settings, ConfigError> {
     let ms = Duration::from_millis;
     let zero_ok = |setting: &str, v: Option<u64>, default: u64| -> Result<Duration, ConfigError> {

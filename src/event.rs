@@ -147,9 +147,7 @@ impl Prefixed {
     pub fn event(id: Ulid) -> Prefixed {
         Prefixed { prefix: "evt_", id }
     }
-}
 
-impl Prefixed {
     /// The id as text, written into `buf`: the longest prefix,
     /// `unsubscribe_`, and a ULID fit.
     pub fn as_str<'b>(&self, buf: &'b mut [u8; 40]) -> &'b str {

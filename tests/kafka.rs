@@ -137,6 +137,12 @@ fn hits(svc: &Service, keys: &str, prefix: &str, n: usize) -> Duration {
     slowest
 }
 
+/// A loopback address where no broker listens (the port was free a moment ago).
+fn unreachable_broker() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
 fn kafka_env<'a>(broker: &'a str, topic: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![("WAYMARK_KAFKA_BROKERS", broker), ("WAYMARK_KAFKA_TOPIC", topic), ("WAYMARK_SPOOL_FSYNC_MS", "50")]
 }
@@ -283,8 +289,7 @@ fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
 #[test]
 fn with_no_reachable_broker_it_starts_serves_and_spools() {
     let keys = key_entry("k1");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nowhere = format!("127.0.0.1:{port}");
+    let nowhere = unreachable_broker();
     let mut svc = Service::start_with_stderr(&keys, &kafka_env(&nowhere, "waymark.events"));
     hits(&svc, &keys, "nobroker", 20);
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -334,8 +339,7 @@ fn thread_policies(pid: u32) -> Vec<(String, u32)> {
 #[test]
 fn kafka_threads_give_way_to_requests() {
     let keys = key_entry("k1");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nowhere = format!("127.0.0.1:{port}");
+    let nowhere = unreachable_broker();
     let mut svc = Service::start(&keys, &kafka_env(&nowhere, "waymark.events"));
     hits(&svc, &keys, "policy", 5);
     let threads = thread_policies(svc.child.id());
@@ -357,8 +361,7 @@ fn kafka_threads_give_way_to_requests() {
 #[test]
 fn a_full_spool_keeps_serving_and_says_so() {
     let keys = key_entry("k1");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let nowhere = format!("127.0.0.1:{port}");
+    let nowhere = unreachable_broker();
     let mut env = kafka_env(&nowhere, "waymark.events");
     env.push(("WAYMARK_SPOOL_MAX_BYTES", "8192"));
     let svc = Service::start_with_stderr(&keys, &env);
