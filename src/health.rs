@@ -2,7 +2,8 @@
 //! component knows them. Degraded is not failed: a replica whose events are
 //! spooling still answers every request correctly, so it stays in service.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Why the service is degraded, most serious last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +40,7 @@ impl Degraded {
 pub struct Health {
     draining: AtomicBool,
     degraded: AtomicU8,
+    delivery: DeliveryWatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +61,146 @@ impl Health {
         self.degraded.store(why.map_or(0, |d| d as u8), Ordering::Relaxed);
     }
 
+    /// Events handed to the brokers and their acknowledgements.
+    pub fn delivery(&self) -> &DeliveryWatch {
+        &self.delivery
+    }
+
     pub fn readiness(&self) -> Readiness {
         if self.draining.load(Ordering::Relaxed) {
             return Readiness::Draining;
         }
-        match Degraded::from_u8(self.degraded.load(Ordering::Relaxed)) {
+        let set = Degraded::from_u8(self.degraded.load(Ordering::Relaxed));
+        let stalled = self.delivery.stalled().then_some(Degraded::BrokersUnreachable);
+        match set.max(stalled) {
             Some(d) => Readiness::Degraded(d),
             None => Readiness::Ready,
         }
+    }
+}
+
+/// How long events may wait with no acknowledgement before the brokers
+/// count as unreachable.
+pub const STALL: Duration = Duration::from_secs(5);
+
+/// Whether events handed to the brokers keep being acknowledged, judged when
+/// asked. The shipper runs in the idle scheduling class, so on a saturated
+/// core it may not run for seconds: a stall it had to notice itself would go
+/// unreported exactly then.
+#[derive(Debug)]
+pub struct DeliveryWatch {
+    epoch: Instant,
+    handed: AtomicU64,
+    acknowledged: AtomicU64,
+    /// Milliseconds after `epoch` when events last began to wait, or were
+    /// last acknowledged.
+    moved_at: AtomicU64,
+}
+
+impl Default for DeliveryWatch {
+    fn default() -> Self {
+        DeliveryWatch {
+            epoch: Instant::now(),
+            handed: AtomicU64::new(0),
+            acknowledged: AtomicU64::new(0),
+            moved_at: AtomicU64::new(0),
+        }
+    }
+}
+
+impl DeliveryWatch {
+    /// `n` events now wait for the brokers.
+    pub fn handed(&self, n: u64) {
+        self.handed_at(n, || self.now_ms());
+    }
+
+    /// The brokers acknowledged `n` events.
+    pub fn acknowledged(&self, n: u64) {
+        self.acknowledged_at(n, self.now_ms());
+    }
+
+    /// Events wait, and nothing was acknowledged for [`STALL`].
+    pub fn stalled(&self) -> bool {
+        self.stalled_at(self.now_ms())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The clock is read only when nothing waited before: the pipeline
+    /// calls this for every event.
+    fn handed_at(&self, n: u64, now: impl FnOnce() -> u64) {
+        let acknowledged = self.acknowledged.load(Ordering::Acquire);
+        if self.handed.fetch_add(n, Ordering::AcqRel) <= acknowledged {
+            self.moved_at.store(now(), Ordering::Release);
+        }
+    }
+
+    fn acknowledged_at(&self, n: u64, now: u64) {
+        self.acknowledged.fetch_add(n, Ordering::AcqRel);
+        self.moved_at.store(now, Ordering::Release);
+    }
+
+    fn stalled_at(&self, now: u64) -> bool {
+        let acknowledged = self.acknowledged.load(Ordering::Acquire);
+        self.handed.load(Ordering::Acquire) > acknowledged
+            && now.saturating_sub(self.moved_at.load(Ordering::Acquire)) > STALL.as_millis() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1000;
+
+    #[test]
+    fn a_stall_is_five_seconds_without_an_acknowledgement_while_events_wait() {
+        let w = DeliveryWatch::default();
+        assert!(!w.stalled_at(3600 * S), "nothing handed, nothing to wait for");
+        w.handed_at(3, || 10 * S);
+        assert!(!w.stalled_at(15 * S));
+        assert!(w.stalled_at(15 * S + 1));
+        w.acknowledged_at(1, 16 * S);
+        assert!(!w.stalled_at(21 * S), "an acknowledgement is progress");
+        assert!(w.stalled_at(21 * S + 1), "two still wait");
+        w.acknowledged_at(2, 22 * S);
+        assert!(!w.stalled_at(3600 * S), "all acknowledged: quiet is not a stall");
+    }
+
+    #[test]
+    fn events_after_a_quiet_hour_are_timed_from_when_they_began_to_wait() {
+        let w = DeliveryWatch::default();
+        w.handed_at(1, || 0);
+        w.acknowledged_at(1, S);
+        w.handed_at(1, || 3600 * S);
+        assert!(!w.stalled_at(3602 * S), "not timed from the acknowledgement an hour ago");
+        assert!(w.stalled_at(3606 * S));
+    }
+
+    #[test]
+    fn events_handed_while_others_wait_do_not_restart_the_clock() {
+        let w = DeliveryWatch::default();
+        w.handed_at(1, || 0);
+        w.handed_at(1, || panic!("the clock is not read while events wait"));
+        assert!(w.stalled_at(6 * S));
+    }
+
+    #[test]
+    fn readiness_reports_a_stall_nobody_set() {
+        // A watch whose clock started ten seconds ago, one event waiting since then.
+        let epoch = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
+        let h = Health { delivery: DeliveryWatch { epoch, ..DeliveryWatch::default() }, ..Health::default() };
+        assert_eq!(h.readiness(), Readiness::Ready);
+        h.delivery.handed_at(1, || 0);
+        assert_eq!(h.readiness(), Readiness::Degraded(Degraded::BrokersUnreachable));
+        h.set_degraded(Some(Degraded::Spooling));
+        assert_eq!(h.readiness(), Readiness::Degraded(Degraded::BrokersUnreachable), "the more serious state wins");
+        h.set_degraded(Some(Degraded::SpoolFull));
+        assert_eq!(h.readiness(), Readiness::Degraded(Degraded::SpoolFull));
+        h.delivery.acknowledged(1);
+        h.set_degraded(None);
+        assert_eq!(h.readiness(), Readiness::Ready);
     }
 }

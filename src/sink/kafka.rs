@@ -244,6 +244,7 @@ impl KafkaSink {
         let pending = spool::status(&settings.spool_dir).map(|s| s.pending_records).unwrap_or(0);
         if pending > 0 {
             tracing::warn!(pending, "replaying events a previous run left in the spool");
+            shared.health.delivery().handed(pending);
         }
         // The producer is made on the shipper's thread, so librdkafka's own
         // threads inherit its lower priority; a bad setting still fails here.
@@ -290,6 +291,7 @@ impl Sink for KafkaSink {
             }
         };
         self.shared.stats.spooled.fetch_add(1, Ordering::Relaxed);
+        self.shared.health.delivery().handed(1);
         self.shared.full.store(false, Ordering::Relaxed);
         let shipment = Shipment { at, next: self.spool.end(), payload };
         // A shipper that is behind reads this one from the spool instead.
@@ -387,8 +389,6 @@ struct Shipper {
     /// After a failure, nothing is sent before this.
     backoff_until: Option<Instant>,
     backoff: Duration,
-    /// When something last waited unacknowledged with no delivery since.
-    stalled_since: Option<Instant>,
     /// The health last reported, so changes are logged once.
     reported: Option<Degraded>,
 }
@@ -415,7 +415,6 @@ impl Shipper {
             unsent: None,
             backoff_until: None,
             backoff: Duration::from_millis(250),
-            stalled_since: None,
             reported: None,
         }
     }
@@ -605,7 +604,6 @@ impl Shipper {
             Ok(()) => {
                 self.in_flight.insert(at);
                 self.next = next;
-                self.stalled_since.get_or_insert_with(Instant::now);
                 if replayed {
                     self.shared.stats.replayed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -646,14 +644,14 @@ impl Shipper {
         let outcomes =
             std::mem::take(&mut *self.producer.context().outcomes.lock().unwrap_or_else(|p| p.into_inner()));
         let taken = outcomes.len();
+        let mut acknowledged = 0;
         let mut failed = false;
         for (at, _next, outcome) in outcomes {
             match outcome {
                 Ok(()) => {
                     if self.in_flight.remove(&at) {
-                        self.shared.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        acknowledged += 1;
                     }
-                    self.stalled_since = None;
                     self.backoff = Duration::from_millis(250);
                 }
                 // Reports for records given up on by an earlier failure are stale.
@@ -667,8 +665,9 @@ impl Shipper {
                 Err(_) => {}
             }
         }
-        if !self.in_flight.is_empty() && self.stalled_since.is_none() {
-            self.stalled_since = Some(Instant::now());
+        if acknowledged > 0 {
+            self.shared.stats.delivered.fetch_add(acknowledged, Ordering::Relaxed);
+            self.shared.health.delivery().acknowledged(acknowledged);
         }
         self.shared.stats.unacknowledged.store(self.in_flight.len() as u64, Ordering::Relaxed);
         if failed {
@@ -714,7 +713,7 @@ impl Shipper {
     }
 
     fn report_health(&mut self) {
-        let stalled = self.stalled_since.is_some_and(|t| t.elapsed() > Duration::from_secs(5));
+        let stalled = self.shared.health.delivery().stalled();
         let why = if self.shared.full.load(Ordering::Relaxed) {
             Some(Degraded::SpoolFull)
         } else if stalled {
