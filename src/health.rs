@@ -196,7 +196,11 @@ mod tests {
         h.delivery.handed_at(1, || 0);
         assert_eq!(h.readiness(), Readiness::Degraded(Degraded::BrokersUnreachable));
         h.set_degraded(Some(Degraded::Spooling));
-        assert_eq!(h.readiness(), Readiness::Degraded(Degraded::BrokersUnreachable), "the more serious state wins");
+        assert_eq!(
+            h.readiness(),
+            Readiness::Degraded(Degraded::BrokersUnreachable),
+            "the more serious state wins"
+        );
         h.set_degraded(Some(Degraded::SpoolFull));
         assert_eq!(h.readiness(), Readiness::Degraded(Degraded::SpoolFull));
         h.delivery.acknowledged(1);
