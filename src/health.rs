@@ -11,16 +11,20 @@ use std::time::{Duration, Instant};
 pub enum Degraded {
     /// Events wait in the disk spool for the brokers.
     Spooling = 1,
+    /// Events wait unacknowledged while the shipper gets no CPU time: the
+    /// core is saturated, and the spool holds them until it is not.
+    Behind = 2,
     /// The brokers have not acknowledged anything for a while.
-    BrokersUnreachable = 2,
+    BrokersUnreachable = 3,
     /// The spool hit its size cap: new events are being lost.
-    SpoolFull = 3,
+    SpoolFull = 4,
 }
 
 impl Degraded {
     pub fn as_str(self) -> &'static str {
         match self {
             Degraded::Spooling => "spooling",
+            Degraded::Behind => "behind, the core is saturated",
             Degraded::BrokersUnreachable => "brokers unreachable",
             Degraded::SpoolFull => "spool full, events are being lost",
         }
@@ -29,8 +33,9 @@ impl Degraded {
     fn from_u8(v: u8) -> Option<Degraded> {
         match v {
             1 => Some(Degraded::Spooling),
-            2 => Some(Degraded::BrokersUnreachable),
-            3 => Some(Degraded::SpoolFull),
+            2 => Some(Degraded::Behind),
+            3 => Some(Degraded::BrokersUnreachable),
+            4 => Some(Degraded::SpoolFull),
             _ => None,
         }
     }
@@ -71,8 +76,7 @@ impl Health {
             return Readiness::Draining;
         }
         let set = Degraded::from_u8(self.degraded.load(Ordering::Relaxed));
-        let stalled = self.delivery.stalled().then_some(Degraded::BrokersUnreachable);
-        match set.max(stalled) {
+        match set.max(self.delivery.stall()) {
             Some(d) => Readiness::Degraded(d),
             None => Readiness::Ready,
         }
@@ -82,6 +86,9 @@ impl Health {
 /// How long events may wait with no acknowledgement before the brokers
 /// count as unreachable.
 pub const STALL: Duration = Duration::from_secs(5);
+/// The shipper goes round its loop every few milliseconds; one that has
+/// not for this long is not getting the CPU.
+const SHIPPER_SILENT: u64 = 1000;
 
 /// Whether events handed to the brokers keep being acknowledged, judged when
 /// asked. The shipper runs in the idle scheduling class, so on a saturated
@@ -95,6 +102,8 @@ pub struct DeliveryWatch {
     /// Milliseconds after `epoch` when events last began to wait, or were
     /// last acknowledged.
     moved_at: AtomicU64,
+    /// Milliseconds after `epoch` when the shipper last went round its loop.
+    shipper_at: AtomicU64,
 }
 
 impl Default for DeliveryWatch {
@@ -104,6 +113,7 @@ impl Default for DeliveryWatch {
             handed: AtomicU64::new(0),
             acknowledged: AtomicU64::new(0),
             moved_at: AtomicU64::new(0),
+            shipper_at: AtomicU64::new(0),
         }
     }
 }
@@ -119,9 +129,30 @@ impl DeliveryWatch {
         self.acknowledged_at(n, self.now_ms());
     }
 
+    /// The shipper is running: called once per turn of its loop.
+    pub fn shipper_turned(&self) {
+        self.shipper_at.store(self.now_ms(), Ordering::Release);
+    }
+
     /// Events wait, and nothing was acknowledged for [`STALL`].
     pub fn stalled(&self) -> bool {
         self.stalled_at(self.now_ms())
+    }
+
+    /// What a stall says: the brokers do not answer, or the shipper is not
+    /// getting the CPU to ask them (it runs in the idle class).
+    pub fn stall(&self) -> Option<Degraded> {
+        self.stall_at(self.now_ms())
+    }
+
+    fn stall_at(&self, now: u64) -> Option<Degraded> {
+        if !self.stalled_at(now) {
+            None
+        } else if now.saturating_sub(self.shipper_at.load(Ordering::Acquire)) > SHIPPER_SILENT {
+            Some(Degraded::Behind)
+        } else {
+            Some(Degraded::BrokersUnreachable)
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -188,12 +219,31 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_while_the_shipper_gets_no_cpu_is_behind_not_unreachable() {
+        let w = DeliveryWatch::default();
+        w.handed_at(1, || 0);
+        w.shipper_at.store(5900, Ordering::Release);
+        assert_eq!(
+            w.stall_at(6 * S),
+            Some(Degraded::BrokersUnreachable),
+            "the shipper runs and hears nothing"
+        );
+        assert_eq!(w.stall_at(7 * S), Some(Degraded::Behind), "the shipper has not run for 1.1 s");
+        w.shipper_at.store(7 * S, Ordering::Release);
+        assert_eq!(w.stall_at(7 * S), Some(Degraded::BrokersUnreachable));
+        w.acknowledged_at(1, 7 * S);
+        assert_eq!(w.stall_at(60 * S), None, "nothing waits");
+    }
+
+    #[test]
     fn readiness_reports_a_stall_nobody_set() {
         // A watch whose clock started ten seconds ago, one event waiting since then.
         let epoch = Instant::now().checked_sub(Duration::from_secs(10)).unwrap();
         let h = Health { delivery: DeliveryWatch { epoch, ..DeliveryWatch::default() }, ..Health::default() };
         assert_eq!(h.readiness(), Readiness::Ready);
         h.delivery.handed_at(1, || 0);
+        assert_eq!(h.readiness(), Readiness::Degraded(Degraded::Behind), "no shipper ever ran");
+        h.delivery.shipper_turned();
         assert_eq!(h.readiness(), Readiness::Degraded(Degraded::BrokersUnreachable));
         h.set_degraded(Some(Degraded::Spooling));
         assert_eq!(

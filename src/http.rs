@@ -168,6 +168,9 @@ impl Edge {
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
                 Readiness::Degraded(Degraded::Spooling) => text(StatusCode::OK, "degraded: spooling\n"),
+                Readiness::Degraded(Degraded::Behind) => {
+                    text(StatusCode::OK, "degraded: behind, the core is saturated\n")
+                }
                 Readiness::Degraded(Degraded::BrokersUnreachable) => {
                     text(StatusCode::OK, "degraded: brokers unreachable\n")
                 }

@@ -421,6 +421,7 @@ impl Shipper {
 
     fn run(mut self, incoming: Receiver<Shipment>) {
         loop {
+            self.shared.health.delivery().shipper_turned();
             let stopping = self.shared.stop.load(Ordering::Acquire);
             self.serve_events();
             if stopping {
@@ -713,16 +714,17 @@ impl Shipper {
     }
 
     fn report_health(&mut self) {
-        let stalled = self.shared.health.delivery().stalled();
-        let why = if self.shared.full.load(Ordering::Relaxed) {
+        let set = if self.shared.full.load(Ordering::Relaxed) {
             Some(Degraded::SpoolFull)
-        } else if stalled {
-            Some(Degraded::BrokersUnreachable)
         } else if self.replay.is_some() || self.backoff_until.is_some() {
             Some(Degraded::Spooling)
         } else {
             None
         };
+        self.shared.health.set_degraded(set);
+        // A stall is judged by the watch whenever readiness is asked, not
+        // stored here: this thread may not run to take it back.
+        let why = set.max(self.shared.health.delivery().stall());
         if why != self.reported {
             match why {
                 Some(Degraded::BrokersUnreachable) => tracing::warn!(
@@ -734,7 +736,6 @@ impl Shipper {
             }
             self.reported = why;
         }
-        self.shared.health.set_degraded(why);
     }
 }
 
