@@ -492,13 +492,14 @@ impl Shipper {
         }
     }
 
-    /// At shutdown: send what was handed over in memory; anything else
-    /// stays in the spool for the next start.
+    /// At shutdown: send what was handed over in memory, up to the first
+    /// gap; the rest stays in the spool for the next start.
     fn ship_held(&mut self) {
-        if self.replay.is_none() {
-            while let Some(s) = self.held.pop_front() {
-                self.ship_live(s);
-            }
+        // A gap (or a full producer queue) starts a replay and puts the
+        // shipment back: checked every turn, or it would be taken again forever.
+        while self.replay.is_none() {
+            let Some(s) = self.held.pop_front() else { break };
+            self.ship_live(s);
         }
     }
 
@@ -844,6 +845,39 @@ mod tests {
         sink.flush().unwrap();
         assert_eq!(delivered(30), 30, "the tail stayed in the spool");
         sink.close().unwrap();
+    }
+
+    #[test]
+    fn shutdown_with_a_gap_in_the_held_shipments_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = KafkaSettings {
+            brokers: "127.0.0.1:9".into(),
+            topic: "waymark.events".into(),
+            topic_per_type: false,
+            properties: Vec::new(),
+            flush_timeout: Duration::from_millis(10),
+            spool_dir: dir.path().join("spool"),
+            spool: crate::sink::spool::SpoolSettings::default(),
+        };
+        let shared = Arc::new(Shared {
+            readable_end: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            stats: Arc::default(),
+            health: Arc::default(),
+        });
+        let mut shipper = Shipper::new(settings.clone(), producer(&settings).unwrap(), shared, 0);
+        shipper.replay = None;
+        // The shipment after a gap, as when the live queue overflowed just
+        // before a SIGTERM.
+        shipper.held.push_back(Shipment { at: 100, next: 200, payload: Bytes::from_static(b"x") });
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            shipper.ship_held();
+            let _ = done.send(shipper.held.len());
+        });
+        let left = finished.recv_timeout(Duration::from_secs(10)).expect("ship_held never returned");
+        assert_eq!(left, 1, "the shipment after the gap stays for the spool's replay at the next start");
     }
 
     #[test]
