@@ -85,7 +85,7 @@ impl Health {
 
 /// How long events may wait with no acknowledgement before the brokers
 /// count as unreachable.
-pub const STALL: Duration = Duration::from_secs(5);
+const STALL: Duration = Duration::from_secs(5);
 /// The shipper goes round its loop every few milliseconds; one that has
 /// not for this long is not getting the CPU.
 const SHIPPER_SILENT: u64 = 1000;
@@ -134,13 +134,9 @@ impl DeliveryWatch {
         self.shipper_at.store(self.now_ms(), Ordering::Release);
     }
 
-    /// Events wait, and nothing was acknowledged for [`STALL`].
-    pub fn stalled(&self) -> bool {
-        self.stalled_at(self.now_ms())
-    }
-
-    /// What a stall says: the brokers do not answer, or the shipper is not
-    /// getting the CPU to ask them (it runs in the idle class).
+    /// Whether events wait with nothing acknowledged for [`STALL`], and what
+    /// that says: the brokers do not answer, or the shipper is not getting
+    /// the CPU to ask them (it runs in the idle class).
     pub fn stall(&self) -> Option<Degraded> {
         self.stall_at(self.now_ms())
     }
