@@ -134,7 +134,7 @@ impl DeliveryWatch {
         self.shipper_at.store(self.now_ms(), Ordering::Release);
     }
 
-    /// Whether events wait with nothing acknowledged for [`STALL`], and what
+    /// Whether events wait with nothing acknowledged for `STALL`, and what
     /// that says: the brokers do not answer, or the shipper is not getting
     /// the CPU to ask them (it runs in the idle class).
     pub fn stall(&self) -> Option<Degraded> {
