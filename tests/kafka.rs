@@ -163,6 +163,27 @@ fn unreachable_broker() -> String {
     format!("127.0.0.1:{port}")
 }
 
+/// Polls until `/readyz` answers 200 with exactly `ready` and the service's
+/// log holds `logged`, for at most `seconds`. Degraded is never failed: every
+/// answer on the way must be a 200 too.
+fn wait_until_both_say(svc: &Service, ready: &str, logged: &str, seconds: u64) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let r = svc.get("/readyz", &[]);
+        assert_eq!(r.status, 200, "degraded, not failed");
+        if r.text() == ready && svc.stderr().contains(logged) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "readiness {:?} (wanted {ready:?}) and the log (wanted {logged:?}): {}",
+            r.text(),
+            svc.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn kafka_env<'a>(broker: &'a str, topic: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![("WAYMARK_KAFKA_BROKERS", broker), ("WAYMARK_KAFKA_TOPIC", topic), ("WAYMARK_SPOOL_FSYNC_MS", "50")]
 }
@@ -318,20 +339,9 @@ fn with_no_reachable_broker_it_starts_serves_and_spools() {
     let nowhere = unreachable_broker();
     let mut svc = Service::start_with_stderr(&keys, &kafka_env(&nowhere, "waymark.events"));
     hits(&svc, &keys, "nobroker", 20);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = svc.get("/readyz", &[]);
-        assert_eq!(r.status, 200);
-        // Readiness is judged when asked; the warning is logged by the
-        // shipper when it next runs.
-        if r.text() == "degraded: brokers unreachable\n"
-            && svc.stderr().contains("events are spooling to disk")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "readiness {:?} and the log: {}", r.text(), svc.stderr());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Readiness is judged when asked; the warning is logged by the shipper
+    // when it next runs.
+    wait_until_both_say(&svc, "degraded: brokers unreachable\n", "events are spooling to disk", 20);
     // Replaying by hand while the service ships from the same spool is refused.
     let replay = Command::new(env!("CARGO_BIN_EXE_waymark"))
         .args(["spool", "replay"])
@@ -408,21 +418,7 @@ fn a_full_spool_keeps_serving_and_says_so() {
     // Each event is several hundred bytes: 60 cannot fit in 8 KiB.
     let slowest = hits(&svc, &keys, "full", 60);
     assert!(slowest < Duration::from_secs(1));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = svc.get("/readyz", &[]);
-        assert_eq!(r.status, 200, "degraded, not failed");
-        // The state and the log line come from one thread, one after the
-        // other: under load either can be seen first.
-        if r.text().contains("spool full") && svc.stderr().contains("EVENTS ARE BEING LOST") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness {:?} and the log never both reported the full spool: {}",
-            r.text(),
-            svc.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The state and the log line come from one thread, one after the
+    // other: under load either can be seen first.
+    wait_until_both_say(&svc, "degraded: spool full, events are being lost\n", "EVENTS ARE BEING LOST", 10);
 }

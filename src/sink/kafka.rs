@@ -191,6 +191,19 @@ struct Shared {
     health: Arc<Health>,
 }
 
+impl Shared {
+    /// Readable up to `end`, neither stopping nor full.
+    fn new(end: u64, stats: Arc<KafkaStats>, health: Arc<Health>) -> Arc<Shared> {
+        Arc::new(Shared {
+            readable_end: AtomicU64::new(end),
+            stop: AtomicBool::new(false),
+            full: AtomicBool::new(false),
+            stats,
+            health,
+        })
+    }
+}
+
 /// One event handed from the pipeline to the shipper in memory.
 struct Shipment {
     at: u64,
@@ -231,13 +244,7 @@ impl KafkaSink {
         stats: Arc<KafkaStats>,
     ) -> Result<KafkaSink, KafkaSetupError> {
         let spool = Spool::open(&settings.spool_dir, settings.spool)?;
-        let shared = Arc::new(Shared {
-            readable_end: AtomicU64::new(spool.end()),
-            stop: AtomicBool::new(false),
-            full: AtomicBool::new(false),
-            stats,
-            health,
-        });
+        let shared = Shared::new(spool.end(), stats, health);
         shared.stats.spool_bytes.store(spool.used(), Ordering::Relaxed);
         let (live, incoming) = mpsc::sync_channel(LIVE_QUEUE);
         let cursor = spool::read_cursor(&settings.spool_dir);
@@ -748,13 +755,7 @@ pub fn replay_now(settings: KafkaSettings, timeout: Duration) -> Result<(u64, u6
     // Refused while a service ships from the same spool.
     let _lock = if dir.exists() { Some(spool::lock(&dir)?) } else { None };
     let producer = producer(&settings)?;
-    let shared = Arc::new(Shared {
-        readable_end: AtomicU64::new(end),
-        stop: AtomicBool::new(false),
-        full: AtomicBool::new(false),
-        stats: Arc::default(),
-        health: Arc::default(),
-    });
+    let shared = Shared::new(end, Arc::default(), Arc::default());
     let mut shipper = Shipper::new(settings, producer, shared.clone(), spool::read_cursor(&dir));
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -799,6 +800,19 @@ mod tests {
         }
     }
 
+    /// Settings for a test: one topic, the default spool under `dir`.
+    fn settings(brokers: String, topic: String, dir: &Path) -> KafkaSettings {
+        KafkaSettings {
+            brokers,
+            topic,
+            topic_per_type: false,
+            properties: Vec::new(),
+            flush_timeout: Duration::from_secs(5),
+            spool_dir: dir.join("spool"),
+            spool: SpoolSettings::default(),
+        }
+    }
+
     /// The test broker from `scripts/kafka-broker`; required under CI.
     fn test_broker() -> Option<String> {
         match std::env::var("WAYMARK_TEST_KAFKA") {
@@ -814,15 +828,7 @@ mod tests {
     fn the_tail_of_a_burst_that_overflowed_the_live_queue_is_shipped_without_another_event() {
         let Some(brokers) = test_broker() else { return };
         let dir = tempfile::tempdir().unwrap();
-        let settings = KafkaSettings {
-            brokers,
-            topic: format!("waymark.test.tail.{}", std::process::id()),
-            topic_per_type: false,
-            properties: Vec::new(),
-            flush_timeout: Duration::from_secs(5),
-            spool_dir: dir.path().join("spool"),
-            spool: crate::sink::spool::SpoolSettings::default(),
-        };
+        let settings = settings(brokers, format!("waymark.test.tail.{}", std::process::id()), dir.path());
         let stats = Arc::new(KafkaStats::default());
         let mut sink = KafkaSink::start(settings, Arc::new(Health::default()), stats.clone()).unwrap();
         let delivered = |want: u64| {
@@ -850,22 +856,8 @@ mod tests {
     #[test]
     fn shutdown_with_a_gap_in_the_held_shipments_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = KafkaSettings {
-            brokers: "127.0.0.1:9".into(),
-            topic: "waymark.events".into(),
-            topic_per_type: false,
-            properties: Vec::new(),
-            flush_timeout: Duration::from_millis(10),
-            spool_dir: dir.path().join("spool"),
-            spool: crate::sink::spool::SpoolSettings::default(),
-        };
-        let shared = Arc::new(Shared {
-            readable_end: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            full: AtomicBool::new(false),
-            stats: Arc::default(),
-            health: Arc::default(),
-        });
+        let settings = settings("127.0.0.1:9".into(), "waymark.events".into(), dir.path());
+        let shared = Shared::new(0, Arc::default(), Arc::default());
         let mut shipper = Shipper::new(settings.clone(), producer(&settings).unwrap(), shared, 0);
         shipper.replay = None;
         // The shipment after a gap, as when the live queue overflowed just
