@@ -93,9 +93,8 @@ fn events(c: &mut Criterion) {
 /// token, build the hit, hand it to the pipeline (which writes to /dev/null
 /// on its own thread), and build the response.
 fn whole_request(c: &mut Criterion) {
-    use std::collections::HashMap;
     use std::sync::Arc;
-    use waymark::http::Edge;
+    use waymark::edge::{Edge, route};
     let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
     let open = Claims { target: Target::Open, ..claims() };
     let path = format!("/o/{}.gif", token::seal(&ring, &open).unwrap());
@@ -109,25 +108,33 @@ fn whole_request(c: &mut Criterion) {
         std::time::Duration::from_secs(1),
     );
     let stats = recorder.stats().clone();
-    let edge = Edge {
-        keys: Arc::new(ring),
+    let metrics = Arc::new(waymark::metrics::Metrics::new(stats, Arc::default(), vec![]));
+    let tenancy = waymark::tenancy::Tenancy::new(
+        Arc::new(ring),
+        waymark::destination::Destination::parse("http://127.0.0.1:8080").unwrap(),
+        vec![],
+        waymark::tenancy::UnknownHosts::Default,
+    );
+    let edge = Edge::new(
+        Arc::new(tenancy),
         recorder,
-        fallback_url: None,
-        tenants: HashMap::new(),
-        unknown_hosts: waymark::config::UnknownHosts::Default,
-        trusted_proxies: vec![],
-        health: Arc::default(),
-        metrics: Arc::new(waymark::metrics::Metrics::new(stats, Arc::default(), vec![])),
-        unsubscribe_limit: waymark::ratelimit::ClientLimit::per_minute(
-            std::num::NonZeroU32::new(30).unwrap(),
-        ),
-    };
+        None,
+        waymark::edge::ClientAddress {
+            trusted_proxies: vec![],
+            header: waymark::hit::ClientIpHeader::XForwardedFor,
+        },
+        Arc::default(),
+        metrics,
+        waymark::ratelimit::ClientLimit::per_minute(std::num::NonZeroU32::new(30).unwrap()),
+    );
     let req = http::Request::get(path.as_str())
         .header("user-agent", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15")
         .body(())
         .unwrap();
     let peer: std::net::SocketAddr = "203.0.113.9:50000".parse().unwrap();
-    c.bench_function("request/pixel_in_process", |b| b.iter(|| edge.handle(black_box(&req), peer)));
+    c.bench_function("request/pixel_in_process", |b| {
+        b.iter(|| edge.answer(black_box(&req), route(req.uri().path()), peer))
+    });
 }
 
 criterion_group!(benches, tokens, classification, events, whole_request);

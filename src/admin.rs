@@ -4,7 +4,7 @@
 //! on the public one, and is off unless configured; `/v1/*` also needs the
 //! bearer token from `admin_token`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,24 +14,17 @@ use http_body_util::{BodyExt as _, Full};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::config::Tenant;
-use crate::destination::Destination;
-use crate::keys::KeyRing;
 use crate::metrics::Metrics;
+use crate::minting::{self, MessageSpec};
 use crate::ratelimit::ClientLimit;
-use crate::rewrite::{self, Message, Switches};
+use crate::rewrite;
+use crate::tenancy::Tenancy;
 
 pub struct Admin {
-    pub metrics: Arc<Metrics>,
-    pub keys: Arc<KeyRing>,
-    /// The default tenant's tracking base.
-    pub base_url: Destination,
-    /// Tenants by name.
-    pub tenants: HashMap<String, Tenant>,
-    pub max_body: usize,
+    metrics: Arc<Metrics>,
+    tenancy: Arc<Tenancy>,
+    max_body: usize,
     auth: Option<(hmac::Key, hmac::Tag)>,
     limit: ClientLimit,
 }
@@ -39,9 +32,7 @@ pub struct Admin {
 impl Admin {
     pub fn new(
         metrics: Arc<Metrics>,
-        keys: Arc<KeyRing>,
-        base_url: Destination,
-        tenants_by_host: &HashMap<String, Tenant>,
+        tenancy: Arc<Tenancy>,
         token: Option<&str>,
         max_body: usize,
         rate: std::num::NonZeroU32,
@@ -55,8 +46,7 @@ impl Admin {
             let tag = hmac::sign(&key, t.as_bytes());
             (key, tag)
         });
-        let tenants = tenants_by_host.values().map(|t| (t.name.clone(), t.clone())).collect();
-        Admin { metrics, keys, base_url, tenants, max_body, auth, limit: ClientLimit::per_minute(rate) }
+        Admin { metrics, tenancy, max_body, auth, limit: ClientLimit::per_minute(rate) }
     }
 
     pub async fn handle<B>(&self, req: Request<B>, peer: std::net::IpAddr) -> Response<Full<Bytes>>
@@ -156,43 +146,22 @@ impl Admin {
     }
 
     fn run(&self, req: InstrumentRequest) -> Result<InstrumentResponse, String> {
-        let tenant = match req.tenant.as_deref().filter(|t| !t.is_empty()) {
-            None => None,
-            Some(name) => {
-                Some(self.tenants.get(name).ok_or_else(|| format!("tenant {name:?} is not configured"))?)
-            }
-        };
-        let defaults = tenant.map_or_else(Switches::default, |t| t.switches);
         let track = req.track.unwrap_or_default();
-        let base_url = match (&req.base_url, tenant) {
-            (Some(b), _) => Destination::parse(b).map_err(|e| format!("base_url: {e}"))?,
-            (None, Some(t)) => t.base_url.clone(),
-            (None, None) => self.base_url.clone(),
-        };
-        let sent_at = match &req.sent_at {
-            Some(t) => OffsetDateTime::parse(t, &Rfc3339)
-                .map_err(|_| format!("sent_at {t:?} is not an RFC 3339 time such as 2026-11-24T09:30:00Z"))?
-                .unix_timestamp()
-                .max(0) as u64,
-            None => OffsetDateTime::now_utc().unix_timestamp().max(0) as u64,
-        };
-        let msg = Message {
-            base_url,
-            tenant: tenant.map(|t| t.name.clone()).unwrap_or_default(),
+        let spec = MessageSpec {
+            tenant: req.tenant.unwrap_or_default(),
+            base_url: req.base_url,
             message_id: req.message_id,
             recipient: req.recipient,
-            sent_at,
+            sent_at: req.sent_at,
             tags: req.tags,
             meta: req.meta.into_iter().collect(),
-            switches: Switches {
-                opens: track.opens.unwrap_or(defaults.opens),
-                clicks: track.clicks.unwrap_or(defaults.clicks),
-                unsubscribe: track.unsubscribe.unwrap_or(defaults.unsubscribe),
-            },
-            tracking_hosts: self.tenants.values().filter_map(|t| host_of(&t.base_url)).collect(),
+            opens: track.opens,
+            clicks: track.clicks,
+            unsubscribe: track.unsubscribe,
             unsubscribe_mailto: req.unsubscribe_mailto,
+            expires_at: None,
         };
-        let keys = tenant.and_then(|t| t.keys.as_deref()).unwrap_or(&self.keys);
+        let (msg, keys) = minting::message(&self.tenancy, spec).map_err(|e| e.to_string())?;
         let out = rewrite::instrument(keys, &msg, req.html.as_bytes()).map_err(|e| e.to_string())?;
         Ok(InstrumentResponse {
             html: String::from_utf8_lossy(&out.html).into_owned(),
@@ -200,10 +169,6 @@ impl Admin {
             links: out.links,
         })
     }
-}
-
-fn host_of(url: &Destination) -> Option<String> {
-    url::Url::parse(url.as_str()).ok()?.host_str().map(str::to_owned)
 }
 
 /// `POST /v1/instrument`'s body.

@@ -31,30 +31,32 @@ pub struct Hit {
     pub user_agent: Option<String>,
 }
 
+/// The one header a trusted proxy writes the client's address in. Only
+/// that one is read: a proxy passes the other through from the client, who
+/// could then choose its own address (and network verdict).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=…`.
+    Forwarded,
+}
+
 /// The client's address: the peer, unless the peer is a trusted proxy, in
-/// which case the right-most untrusted address of `X-Forwarded-For` (or
-/// `Forwarded`). Headers from anyone else are ignored: they are free to forge.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+/// which case the right-most untrusted address of the proxy's header.
+/// Headers from anyone else are ignored: they are free to forge.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], header: ClientIpHeader) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return peer;
     }
-    let forwarded: Vec<IpAddr> = if headers.contains_key("forwarded") {
-        headers
-            .get_all("forwarded")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(forwarded_for)
-            .collect()
-    } else {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|s| parse_ip(s.trim()))
-            .collect()
+    let values = |name: &'static str| {
+        headers.get_all(name).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','))
+    };
+    let forwarded: Vec<IpAddr> = match header {
+        ClientIpHeader::Forwarded => values("forwarded").filter_map(forwarded_for).collect(),
+        ClientIpHeader::XForwardedFor => {
+            values("x-forwarded-for").filter_map(|s| parse_ip(s.trim())).collect()
+        }
     };
     // Walk from the nearest hop outwards; the first address we do not
     // operate is the client. Everything further left is client-supplied.
@@ -112,27 +114,58 @@ mod tests {
 
     #[test]
     fn forwarded_headers_count_only_from_trusted_proxies() {
+        use ClientIpHeader::{Forwarded, XForwardedFor as Xff};
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer_lb: IpAddr = "10.1.2.3".parse().unwrap();
         let stranger: IpAddr = "198.51.100.7".parse().unwrap();
-        let cases: Vec<(IpAddr, Vec<(&str, &str)>, &str)> = vec![
-            (stranger, vec![("x-forwarded-for", "203.0.113.9")], "198.51.100.7"),
-            (peer_lb, vec![], "10.1.2.3"),
-            (peer_lb, vec![("x-forwarded-for", "203.0.113.9")], "203.0.113.9"),
+        let cases: Vec<(IpAddr, ClientIpHeader, Vec<(&str, &str)>, &str)> = vec![
+            (stranger, Xff, vec![("x-forwarded-for", "203.0.113.9")], "198.51.100.7"),
+            (peer_lb, Xff, vec![], "10.1.2.3"),
+            (peer_lb, Xff, vec![("x-forwarded-for", "203.0.113.9")], "203.0.113.9"),
             // The client may prepend lies; the right-most untrusted hop wins.
-            (peer_lb, vec![("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.9.9.9")], "203.0.113.9"),
+            (peer_lb, Xff, vec![("x-forwarded-for", "1.1.1.1, 203.0.113.9, 10.9.9.9")], "203.0.113.9"),
             (
                 peer_lb,
+                Xff,
                 vec![("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "203.0.113.9")],
                 "203.0.113.9",
             ),
-            (peer_lb, vec![("x-forwarded-for", "garbage")], "10.1.2.3"),
-            (peer_lb, vec![("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")], "192.0.2.60"),
-            (peer_lb, vec![("forwarded", "for=\"[2001:db8:cafe::17]:4711\"")], "2001:db8:cafe::17"),
-            (peer_lb, vec![("forwarded", "for=192.0.2.43, for=198.51.100.17:80")], "198.51.100.17"),
+            (peer_lb, Xff, vec![("x-forwarded-for", "garbage")], "10.1.2.3"),
+            // A Forwarded header the proxy passed through from the client
+            // is ignored when the proxy writes X-Forwarded-For (issue 18).
+            (
+                peer_lb,
+                Xff,
+                vec![("x-forwarded-for", "203.0.113.5"), ("forwarded", "for=66.249.84.1")],
+                "203.0.113.5",
+            ),
+            (peer_lb, Xff, vec![("forwarded", "for=66.249.84.1")], "10.1.2.3"),
+            (peer_lb, Forwarded, vec![("x-forwarded-for", "66.249.84.1")], "10.1.2.3"),
+            (
+                peer_lb,
+                Forwarded,
+                vec![("forwarded", "for=192.0.2.60;proto=http;by=203.0.113.43")],
+                "192.0.2.60",
+            ),
+            (
+                peer_lb,
+                Forwarded,
+                vec![("forwarded", "for=\"[2001:db8:cafe::17]:4711\"")],
+                "2001:db8:cafe::17",
+            ),
+            (
+                peer_lb,
+                Forwarded,
+                vec![("forwarded", "for=192.0.2.43, for=198.51.100.17:80")],
+                "198.51.100.17",
+            ),
         ];
-        for (peer, hs, want) in cases {
-            assert_eq!(client_ip(peer, &headers(&hs), &trusted).to_string(), want, "{hs:?}");
+        for (peer, header, hs, want) in cases {
+            assert_eq!(
+                client_ip(peer, &headers(&hs), &trusted, header).to_string(),
+                want,
+                "{header:?} {hs:?}"
+            );
         }
     }
 

@@ -22,8 +22,12 @@ pub const MAX_KID_LEN: usize = 8;
 pub enum KeyError {
     #[error("key id {0:?} is invalid: expected 1 to 8 characters of A-Z, a-z, 0-9, '-' or '_'")]
     BadId(String),
-    #[error("key {0:?} is not of the form KID:SECRET")]
-    BadEntry(String),
+    #[error("a key entry of {0} characters is not of the form KID:SECRET (not shown: it may hold a secret)")]
+    BadEntry(usize),
+    #[error(
+        "the key id before ':' in an entry is invalid ({0} characters; expected 1 to 8 of A-Z, a-z, 0-9, '-' or '_'); not shown: it may be a secret written the wrong way round"
+    )]
+    BadEntryId(usize),
     #[error("the secret of key {kid:?} is not base64url of 32 bytes (got {got})")]
     BadSecret { kid: String, got: String },
     #[error("key id {0:?} appears twice in the key ring")]
@@ -102,8 +106,8 @@ impl Key {
     /// Parses one `KID:SECRET` entry.
     pub fn parse(entry: &str) -> Result<Self, KeyError> {
         let entry = entry.trim();
-        let (kid, secret) = entry.split_once(':').ok_or_else(|| KeyError::BadEntry(redact(entry)))?;
-        let id = KeyId::new(kid)?;
+        let (kid, secret) = entry.split_once(':').ok_or_else(|| KeyError::BadEntry(entry.chars().count()))?;
+        let id = KeyId::new(kid).map_err(|_| KeyError::BadEntryId(kid.chars().count()))?;
         let bytes = URL_SAFE_NO_PAD
             .decode(secret.trim_end_matches('='))
             .ok()
@@ -135,12 +139,6 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Key({}, <secret>)", self.id)
     }
-}
-
-/// Never echo a secret back in an error: keep the part before ':' at most.
-fn redact(entry: &str) -> String {
-    let head: String = entry.chars().take(MAX_KID_LEN + 1).collect();
-    if entry.chars().count() > head.chars().count() { format!("{head}…") } else { head }
 }
 
 /// An ordered, non-empty set of keys: the first seals, every one opens.
@@ -213,7 +211,13 @@ mod tests {
         let e = KeyRing::parse("k1:short").unwrap_err();
         assert_eq!(e, KeyError::BadSecret { kid: "k1".into(), got: "5 characters".into() });
         let e = KeyRing::parse("nocolonhere-and-a-long-secret-value").unwrap_err();
-        assert_eq!(e, KeyError::BadEntry("nocolonhe…".into()));
+        assert_eq!(e, KeyError::BadEntry(35));
+        // A secret pasted before the id (issue 18) is not shown either.
+        let secret = "9J0fQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4";
+        for entry in [format!("{secret}:k1"), format!("k1={secret}")] {
+            let e = KeyRing::parse(&entry).unwrap_err();
+            assert!(!e.to_string().contains("9J0f"), "{e}");
+        }
         assert_eq!(KeyRing::parse(" , ").unwrap_err(), KeyError::Empty);
         let k = Key::generate_entry(&KeyId::new("k1").unwrap());
         assert_eq!(KeyRing::parse(&format!("{k},{k}")).unwrap_err(), KeyError::Duplicate("k1".into()));

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match waymark::cli::run(waymark::cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("waymark: {e:#}");
+            eprintln!("waymark: {}", waymark::cli::describe(&e));
             ExitCode::FAILURE
         }
     }

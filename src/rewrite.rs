@@ -50,6 +50,8 @@ pub struct Message {
     pub tracking_hosts: Vec<String>,
     /// An address for `List-Unsubscribe`'s mailto alternative.
     pub unsubscribe_mailto: Option<String>,
+    /// When the URLs stop working (Unix seconds); never when `None`.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -67,6 +69,10 @@ pub enum RewriteError {
     Seal(#[from] SealError),
     #[error("the HTML could not be rewritten: {0}")]
     Html(String),
+    #[error(
+        "the message has more than {MAX_LINKS} links to track: a link's index must fit in a token (mark some data-waymark=\"off\")"
+    )]
+    TooManyLinks,
     #[error("unsubscribe mailto {0:?} is not an email address")]
     Mailto(String),
 }
@@ -79,7 +85,7 @@ impl Message {
             message_id: self.message_id.clone(),
             recipient: self.recipient.clone(),
             sent_at: self.sent_at,
-            expires_at: None,
+            expires_at: self.expires_at,
             tags: self.tags.clone(),
             meta: self.meta.clone(),
         }
@@ -89,7 +95,8 @@ impl Message {
         self.base_url.as_str().trim_end_matches('/')
     }
 
-    fn url(&self, ring: &KeyRing, target: Target) -> Result<String, SealError> {
+    /// One tracking URL of this message.
+    pub fn url(&self, ring: &KeyRing, target: Target) -> Result<String, SealError> {
         let prefix = match target {
             Target::Open => "o",
             Target::Click(_) => "c",
@@ -139,6 +146,11 @@ const WRITE_CHUNK: usize = 4096;
 
 /// The link index of the honeypot: past any real link.
 pub const TRAP_INDEX: u16 = u16::MAX;
+
+/// The most links one message may track: indices 0 to 65,534, below the
+/// honeypot's. Past it, instrumenting fails rather than give two links one
+/// index.
+pub const MAX_LINKS: usize = TRAP_INDEX as usize;
 
 /// The honeypot link and the pixel, as switched on.
 fn tail(ring: &KeyRing, msg: &Message) -> Result<String, SealError> {
@@ -198,6 +210,10 @@ pub fn instrument(ring: &KeyRing, msg: &Message, html: &[u8]) -> Result<Instrume
                         return Ok(());
                     }
                     let index = links2.get();
+                    if index == TRAP_INDEX {
+                        *err2.borrow_mut() = Some(RewriteError::TooManyLinks);
+                        return Ok(());
+                    }
                     match msg_a.url(ring, Target::Click(Link { index, url: dest, trap: false })) {
                         Ok(u) => {
                             el.set_attribute("href", &u)?;

@@ -1,7 +1,8 @@
-//! The server: builds every part from a validated [`Config`], runs the
-//! accept loop, and shuts down in order: stop accepting, let in-flight
-//! requests finish (bounded by the grace period), then drain the pipeline
-//! into the sink.
+//! The server: binds the listeners, accepts connections (the plain port,
+//! HTTPS with its handshake deadline, the admin port), serves each with the
+//! edge or the admin API, and shuts down in order: stop accepting, let
+//! in-flight requests finish (bounded by the grace period), then drain the
+//! pipeline into the sink. What it serves is built by [`crate::startup`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,7 +10,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::Request;
 use hyper::body::Incoming;
@@ -23,32 +24,34 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admin::Admin;
-use crate::classify::Classifier;
-use crate::config::Config;
-use crate::config::SinkSettings;
-use crate::destination::Destination;
+use crate::config::TlsSettings;
+use crate::edge::Edge;
 use crate::health::Health;
-use crate::http::Edge;
-use crate::metrics::{Metrics, RequestLabels, RouteLabels};
 use crate::pipeline::{Pipeline, Stats};
-use crate::ratelimit::ClientLimit;
-use crate::sink::file::FileSink;
-use crate::sink::kafka::{KafkaSink, KafkaStats};
-use crate::sink::{Sink, SinkError};
 use crate::tls::Certificates;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Classify(#[from] crate::classify::ClassifyError),
+    #[error("cannot listen on {addr}: {error}")]
+    Bind { addr: SocketAddr, error: std::io::Error },
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error(transparent)]
-    Kafka(#[from] crate::sink::kafka::KafkaSetupError),
+}
+
+/// Where to listen: the public address, HTTPS beside it, and the admin API.
+pub struct Listeners {
+    pub public: SocketAddr,
+    pub tls: Option<TlsSettings>,
+    pub admin: Option<(SocketAddr, Arc<Admin>)>,
+}
+
+/// Bounds on connections and on shutdown.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
 }
 
 pub struct Server {
@@ -59,10 +62,7 @@ pub struct Server {
     pipeline: Pipeline,
     stats: Arc<Stats>,
     health: Arc<Health>,
-    grace: Duration,
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
-    connections: Arc<Semaphore>,
+    limits: Limits,
 }
 
 struct TlsListener {
@@ -71,88 +71,34 @@ struct TlsListener {
     reload_every: Duration,
 }
 
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|error| ServeError::Bind { addr, error })
+}
+
 impl Server {
-    /// Opens the sink and binds the listener; fails here, not later.
-    pub async fn bind(config: Config) -> Result<Server, ServeError> {
-        let classifier = Classifier::new(&config.classify)?;
-        let cache_stats = classifier.cache_stats().clone();
-        tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
-        let health = Arc::new(Health::default());
-        let mut sources: Vec<Arc<dyn crate::metrics::Source>> = Vec::new();
-        let sink: Box<dyn Sink> = match &config.sink {
-            SinkSettings::File(path) => Box::new(FileSink::open(path)?),
-            SinkSettings::Kafka(kafka) => {
-                let stats = Arc::new(KafkaStats::default());
-                sources.push(stats.clone());
-                tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
-                Box::new(KafkaSink::start(kafka.clone(), health.clone(), stats)?)
-            }
-        };
-        let (recorder, pipeline) =
-            Pipeline::start(classifier, sink, config.privacy, config.queue_capacity, config.flush_interval);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind { addr: config.listen, source })?;
-        let tls = match config.tls {
+    /// Binds every listener; fails here, not later.
+    pub async fn bind(
+        listeners: Listeners,
+        limits: Limits,
+        edge: Arc<Edge>,
+        pipeline: Pipeline,
+        stats: Arc<Stats>,
+        health: Arc<Health>,
+    ) -> Result<Server, ServeError> {
+        let listener = bind(listeners.public).await?;
+        let tls = match listeners.tls {
             Some(tls) => Some(TlsListener {
                 certificates: Certificates::load(tls.certificates)?,
-                listener: TcpListener::bind(tls.listen)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr: tls.listen, source })?,
+                listener: bind(tls.listen).await?,
                 reload_every: tls.reload_every,
             }),
             None => None,
         };
-        let stats = recorder.stats().clone();
-        let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
-        let keys = Arc::new(config.keys);
-        let admin = match &config.admin {
+        let admin = match listeners.admin {
+            Some((addr, app)) => Some((bind(addr).await?, app)),
             None => None,
-            Some(a) => {
-                let base = Destination::parse(&crate::cli::default_base_of(
-                    config.public_url.as_ref(),
-                    config.listen,
-                ))
-                .expect("the listen address makes a valid URL");
-                let app = Admin::new(
-                    metrics.clone(),
-                    keys.clone(),
-                    base,
-                    &config.tenants,
-                    a.token.as_deref(),
-                    a.max_body,
-                    a.rate,
-                );
-                let listener = TcpListener::bind(a.listen)
-                    .await
-                    .map_err(|source| ServeError::Bind { addr: a.listen, source })?;
-                Some((listener, Arc::new(app)))
-            }
         };
-        let edge = Arc::new(Edge {
-            keys,
-            recorder,
-            fallback_url: config.fallback_url,
-            tenants: config.tenants,
-            unknown_hosts: config.unknown_hosts,
-            trusted_proxies: config.trusted_proxies,
-            health: health.clone(),
-            metrics: metrics.clone(),
-            unsubscribe_limit: ClientLimit::per_minute(config.unsubscribe_rate),
-        });
-        Ok(Server {
-            listener,
-            tls,
-            admin,
-            edge,
-            pipeline,
-            stats,
-            health,
-            grace: config.shutdown_grace,
-            header_read_timeout: config.header_read_timeout,
-            max_header_bytes: config.max_header_bytes,
-            connections: Arc::new(Semaphore::new(config.max_connections)),
-        })
+        Ok(Server { listener, tls, admin, edge, pipeline, stats, health, limits })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -169,29 +115,11 @@ impl Server {
         self.tls.as_ref().map(|t| t.listener.local_addr().expect("a bound listener has an address"))
     }
 
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.edge.metrics
-    }
-
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let Server {
-            listener,
-            tls,
-            admin,
-            edge,
-            pipeline,
-            stats,
-            health,
-            grace,
-            header_read_timeout,
-            max_header_bytes,
-            connections,
-        } = self;
+        let Server { listener, tls, admin, edge, pipeline, stats, health, limits } = self;
+        let Limits { grace, header_read_timeout, max_header_bytes, max_connections } = limits;
+        let connections = Arc::new(Semaphore::new(max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header read timeout also bounds an idle keep-alive connection's
         // wait for its next request, so a slow or silent client (slowloris)
@@ -289,40 +217,19 @@ impl Connections {
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let stream = TokioIo::new(FirstByte::new(stream, self.handshake_timeout));
-        let edge = match self.app {
-            App::Edge(edge) => edge,
+        let ended = match self.app {
+            App::Edge(edge) => {
+                watcher.watch(self.builder.serve_connection(stream, edge.service(peer)).into_owned()).await
+            }
             App::Admin(admin) => {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.handle(req, peer.ip()).await) }
                 });
-                let conn = self.builder.serve_connection(stream, service).into_owned();
-                if let Err(e) = watcher.watch(conn).await {
-                    tracing::debug!(error = %e, %peer, "admin connection ended with an error");
-                }
-                return;
+                watcher.watch(self.builder.serve_connection(stream, service).into_owned()).await
             }
         };
-        let service = service_fn(move |req: Request<Incoming>| {
-            let started = Instant::now();
-            let route = crate::http::route(req.uri().path()).name();
-            let edge = edge.clone();
-            async move {
-                // Only an unsubscribe POST waits for anything (its body);
-                // every other request is answered without a single await.
-                let response = if Edge::wants_body(&req) {
-                    edge.unsubscribe(req, peer).await
-                } else {
-                    edge.handle(&req, peer)
-                };
-                let m = &edge.metrics;
-                m.requests.get_or_create(&RequestLabels { route, status: response.status().as_u16() }).inc();
-                m.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
-                Ok::<_, Infallible>(response)
-            }
-        });
-        let conn = self.builder.serve_connection(stream, service).into_owned();
-        if let Err(e) = watcher.watch(conn).await {
+        if let Err(e) = ended {
             tracing::debug!(error = %e, %peer, "connection ended with an error");
         }
     }

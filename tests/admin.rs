@@ -253,3 +253,105 @@ fn unknown_hosts_can_be_rejected() {
     let t = token::seal(&ring(&keys), &click).unwrap();
     assert_eq!(svc.get(&format!("/c/{t}"), &[]).status, 404);
 }
+
+/// Replaces every token in `text` with the claims it opens to, so two
+/// mintings of one message compare equal whatever their nonces.
+fn opened(text: &str, keys: &waymark::keys::KeyRing) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = ["/o/", "/c/", "/u/"].iter().filter_map(|p| rest.find(p)).min() {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(tail.len());
+        let claims = token::open(keys, &tail[..end], 0).map(|t| format!("{:?}", t.claims()));
+        out.push_str(&claims.unwrap_or_else(|e| format!("<{e:?}>")));
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Issue 15: `waymark rewrite` and `POST /v1/instrument` mint one message
+/// the same way: the tenant's defaults, every tracking host of the tenant
+/// left alone, one `sent_at` rule.
+#[test]
+fn rewrite_and_the_api_mint_the_same_message() {
+    let global = key_entry("k1");
+    let a_keys = key_entry("ka");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("waymark.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[tenants]]\nname = \"a\"\nhosts = [\"t.sender-a.example\", \"Links.Sender-A.example.\"]\nkeys = [\"{a_keys}\"]\nunsubscribe = false\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let svc = Service::start(
+        &global,
+        &[
+            ("WAYMARK_CONFIG", config),
+            ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
+            ("WAYMARK_ADMIN_TOKEN", TOKEN),
+        ],
+    );
+    let html = "<html><body><p><a href=\"https://example.com/spring?utm=1\">spring</a> \
+                <a href=\"https://links.sender-a.example/already\">tracked</a> \
+                <a href=\"https://t.sender-a.example/c/x\">tracked too</a></p></body></html>";
+    let sent_at = "2026-11-24T09:30:00Z";
+    let request = serde_json::json!({
+        "html": html, "message_id": "m-drift", "tenant": "a", "sent_at": sent_at,
+        "recipient": "r@example.com", "tags": ["welcome"], "meta": {"campaign": "spring"},
+    });
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let api = call(admin_addr(&svc), "POST", "/v1/instrument", &headers, request.to_string().as_bytes());
+    assert_eq!(api.status, 200, "{}", api.text());
+    let api: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
+
+    let headers_file = dir.path().join("headers.txt");
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .args(["rewrite", "--tenant", "a", "--message-id", "m-drift", "--sent-at", sent_at])
+        .args(["--recipient", "r@example.com", "--tag", "welcome", "--meta", "campaign=spring"])
+        .args(["--headers", headers_file.to_str().unwrap()])
+        .env_clear()
+        .env("WAYMARK_CONFIG", config)
+        .env("WAYMARK_KEYS", &global)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    cli.stdin.take().unwrap().write_all(html.as_bytes()).unwrap();
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let cli_html = String::from_utf8(out.stdout).unwrap();
+
+    let a_ring = ring(&a_keys);
+    assert_eq!(opened(&cli_html, &a_ring), opened(api["html"].as_str().unwrap(), &a_ring));
+    let api_headers: String = api["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{}: {}\n", h["name"].as_str().unwrap(), h["value"].as_str().unwrap()))
+        .collect();
+    let cli_headers = std::fs::read_to_string(&headers_file).unwrap();
+    assert_eq!(opened(&cli_headers, &a_ring), opened(&api_headers, &a_ring));
+    // Both left the tenant's second host alone and took its defaults.
+    assert!(cli_html.contains("href=\"https://links.sender-a.example/already\""), "{cli_html}");
+    assert!(!cli_html.contains("/u/"), "tenant a tracks no unsubscribes: {cli_html}");
+
+    // One sent_at rule: before 1970 is refused by both.
+    let early = serde_json::json!({"html": html, "message_id": "m", "tenant": "a", "sent_at": "1969-12-31T23:00:00Z"});
+    let api = call(admin_addr(&svc), "POST", "/v1/instrument", &headers, early.to_string().as_bytes());
+    assert_eq!(api.status, 422);
+    assert!(api.text().contains("before 1970"), "{}", api.text());
+    let cli = waymark(
+        &["sign", "open", "--message-id", "m", "--sent-at", "1969-12-31T23:00:00Z"],
+        &[("WAYMARK_KEYS", &global)],
+    );
+    assert!(!cli.status.success());
+    assert!(String::from_utf8_lossy(&cli.stderr).contains("before 1970"));
+}

@@ -101,8 +101,9 @@ fn sign_refuses_bad_input_with_a_clear_message() {
 #[test]
 fn serve_fails_at_start_naming_the_bad_setting() {
     let cases = [
-        (("WAYMARK_LISTEN", "nowhere"), "setting listen = \"nowhere\" is invalid"),
-        (("WAYMARK_KEYS", "k1:tooshort"), "setting keys is invalid"),
+        // Named as the user wrote it: the variable, not the file key.
+        (("WAYMARK_LISTEN", "nowhere"), "setting WAYMARK_LISTEN = \"nowhere\" is invalid"),
+        (("WAYMARK_KEYS", "k1:tooshort"), "setting WAYMARK_KEYS is invalid"),
         (("WAYMARK_FLUSH_INTERVAL_MS", "soon"), "WAYMARK_FLUSH_INTERVAL_MS = \"soon\""),
     ];
     for ((var, value), want) in cases {

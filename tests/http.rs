@@ -25,7 +25,7 @@ fn pixel_serves_a_transparent_gif_and_records_an_open() {
     for path in [format!("/o/{t}"), format!("/o/{t}.gif")] {
         let r = svc.get(&path, &[("User-Agent", UA)]);
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, waymark::http::PIXEL);
+        assert_eq!(r.body, waymark::edge::PIXEL);
         assert_eq!(r.header("content-type"), Some("image/gif"));
         assert_eq!(r.header("content-length"), Some("42"));
         assert_eq!(
@@ -138,7 +138,7 @@ fn bad_tokens_get_a_gif_or_the_bad_link_page_and_no_event() {
         assert_eq!(c.header("content-type"), Some("text/html; charset=utf-8"));
 
         let p = svc.get(&format!("/o/{text}"), &[("User-Agent", UA)]);
-        assert_eq!((p.status, p.body.as_slice()), (200, waymark::http::PIXEL), "{case}: pixel");
+        assert_eq!((p.status, p.body.as_slice()), (200, waymark::edge::PIXEL), "{case}: pixel");
     }
     // A token of one kind is refused on the other's route.
     assert_eq!(svc.get(&format!("/c/{good_open}"), &[]).status, 404);
@@ -240,7 +240,7 @@ fn with_no_configuration_it_makes_a_dev_ring_and_prints_working_links() {
     let open = text.split_whitespace().find(|w| w.contains("/o/")).expect("an open link is printed");
     let click = text.split_whitespace().find(|w| w.contains("/c/")).expect("a click link is printed");
     let path = |url: &str| url.split_once(&svc.addr.to_string()).unwrap().1.to_owned();
-    assert_eq!(svc.get(&path(open), &[]).body, waymark::http::PIXEL);
+    assert_eq!(svc.get(&path(open), &[]).body, waymark::edge::PIXEL);
     assert_eq!(svc.get(&path(click), &[]).header("location"), Some("https://example.com/"));
     assert_eq!(svc.events(2).len(), 2);
 }

@@ -24,6 +24,7 @@ fn message(switches: Switches) -> Message {
         switches,
         tracking_hosts: vec![],
         unsubscribe_mailto: Some("unsub@sender.example".into()),
+        expires_at: None,
     }
 }
 

@@ -123,7 +123,7 @@ async fn sni_alpn_and_live_certificate_renewal() {
 
     let (cn, alpn, status, body) = fetch(https, &ca, "t.sender-a.example", &format!("/o/{t}")).await;
     assert_eq!((cn.as_str(), alpn.as_deref(), status), ("cert-a1", Some(&b"h2"[..]), 200));
-    assert_eq!(body, waymark::http::PIXEL);
+    assert_eq!(body, waymark::edge::PIXEL);
     let (cn, ..) = fetch(https, &ca, "t.sender-b.example", "/healthz").await;
     assert_eq!(cn, "cert-b");
     assert_eq!(svc.events(1).len(), 1, "the pixel over HTTP/2 recorded its open");
@@ -149,7 +149,7 @@ fn tls_misconfiguration_fails_at_start() {
         waymark(&["serve"], &[("WAYMARK_TLS_LISTEN", "127.0.0.1:0"), ("WAYMARK_KEYS", &key_entry("k1"))]);
     assert!(
         String::from_utf8_lossy(&out.stderr)
-            .contains("setting tls_listen = \"127.0.0.1:0\" is invalid: expected a certificate too")
+            .contains("setting WAYMARK_TLS_LISTEN = \"127.0.0.1:0\" is invalid: expected a certificate too")
     );
     let out = waymark(
         &["serve"],

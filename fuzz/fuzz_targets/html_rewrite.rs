@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         switches: Switches::default(),
         tracking_hosts: vec![],
         unsubscribe_mailto: None,
+        expires_at: None,
     };
     if let Ok(out) = instrument(&RING, &msg, data) {
         let html = String::from_utf8_lossy(&out.html);

@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let _ = waymark::http::route(text);
+    let _ = waymark::edge::route(text);
     if let Ok(dest) = waymark::destination::Destination::parse(text) {
         let s = dest.as_str();
         assert!(s.starts_with("http://") || s.starts_with("https://"), "{s:?}");

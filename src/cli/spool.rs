@@ -1,0 +1,36 @@
+//! `waymark spool status | replay`: inspect or drain the Kafka sink's disk
+//! spool while the service is stopped.
+
+use anyhow::bail;
+
+use crate::config::{Config, SinkSettings};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SpoolAction {
+    /// Print the spool's segments, size, cursor and pending events as JSON.
+    Status,
+    /// Ship what the spool holds to the configured brokers and wait for
+    /// their acknowledgements (run it while the service is stopped).
+    Replay {
+        #[arg(long, default_value_t = 60)]
+        timeout_secs: u64,
+    },
+}
+
+pub fn run(action: SpoolAction, config: Config) -> anyhow::Result<()> {
+    let SinkSettings::Kafka(kafka) = config.sink else {
+        bail!("no Kafka brokers are configured (kafka.brokers or WAYMARK_KAFKA_BROKERS): there is no spool");
+    };
+    match action {
+        SpoolAction::Status => {
+            println!("{}", serde_json::to_string_pretty(&crate::sink::spool::status(&kafka.spool_dir)?)?);
+        }
+        SpoolAction::Replay { timeout_secs } => {
+            crate::startup::probe_kafka(&kafka)?;
+            let (sent, acked) =
+                crate::sink::kafka::replay_now(kafka, std::time::Duration::from_secs(timeout_secs))?;
+            println!("sent {sent} events, {acked} acknowledged");
+        }
+    }
+    Ok(())
+}

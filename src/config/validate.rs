@@ -1,0 +1,555 @@
+//! Turns raw settings into checked values, one section at a time, and
+//! names the bad setting the way the user wrote it. Pure: no file is read
+//! or written here.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ipnet::IpNet;
+
+use super::settings::{RawCertificate, RawKafka, RawTenant};
+use super::{
+    AdminSettings, Config, ConfigError, KeySpec, LogFormat, Origins, RawConfig, SinkSettings, TlsSettings,
+};
+use crate::classify::behaviour::Windows;
+use crate::classify::{self, CountingPolicy, Verdict};
+use crate::destination::Destination;
+use crate::hit::ClientIpHeader;
+use crate::keys::KeyRing;
+use crate::privacy::{IpMode, Privacy};
+use crate::rewrite::Switches;
+use crate::sink::kafka::KafkaSettings;
+use crate::sink::spool::SpoolSettings;
+use crate::tenancy::{self, Tenant, UnknownHosts};
+use crate::tls::CertSpec;
+
+/// Names settings in errors, and keeps secrets out of them.
+struct Check<'a> {
+    origins: &'a Origins,
+}
+
+impl Check<'_> {
+    fn invalid(&self, key: &str, value: impl Into<String>, expected: &str) -> ConfigError {
+        let value = if Origins::is_secret(key) { "<redacted>".into() } else { value.into() };
+        ConfigError::invalid(&self.origins.name(key), value, expected)
+    }
+
+    /// A setting that must be from 1 to `max`, `default` when unset.
+    fn positive(&self, key: &str, v: Option<u64>, default: u64, max: u64) -> Result<u64, ConfigError> {
+        match v.unwrap_or(default) {
+            n @ 1.. if n <= max => Ok(n),
+            n => Err(self.invalid(key, n.to_string(), &format!("a number from 1 to {max}"))),
+        }
+    }
+
+    fn millis(&self, key: &str, v: Option<u64>, default: u64, max: u64) -> Result<Duration, ConfigError> {
+        self.positive(key, v, default, max).map(Duration::from_millis)
+    }
+
+    /// A window that may be zero (off), at most 30 days.
+    fn window(&self, key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+        match v.unwrap_or(default) {
+            n if n <= 30 * 24 * 3_600_000 => Ok(Duration::from_millis(n)),
+            n => Err(self.invalid(key, n.to_string(), "at most 30 days in milliseconds")),
+        }
+    }
+
+    fn url(&self, key: &str, v: Option<String>) -> Result<Option<Destination>, ConfigError> {
+        v.map(|v| {
+            Destination::parse(&v)
+                .map_err(|e| self.invalid(key, &v, &format!("an absolute http(s) URL ({e})")))
+        })
+        .transpose()
+    }
+
+    fn addr(&self, key: &str, text: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+        text.parse()
+            .map_err(|_| self.invalid(key, text, &format!("an IP address and port such as {example}")))
+    }
+
+    fn rate(&self, key: &str, v: Option<u64>, default: u64) -> Result<NonZeroU32, ConfigError> {
+        let n = self.positive(key, v, default, 1_000_000)?;
+        Ok(NonZeroU32::new(n as u32).expect("positive"))
+    }
+
+    fn one_of<T: Copy>(&self, key: &str, v: Option<&str>, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let text = v.unwrap_or(choices[0].0);
+        let names: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
+        choices
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text.trim()))
+            .map(|(_, v)| *v)
+            .ok_or_else(|| self.invalid(key, text, &names.join(" or ")))
+    }
+
+    fn keys(&self, key: &str, entries: &[String]) -> Result<KeyRing, ConfigError> {
+        KeyRing::parse(&entries.join(","))
+            .map_err(|error| ConfigError::Keys { setting: self.origins.name(key), error })
+    }
+}
+
+/// Checks every setting and fills in the defaults.
+pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError> {
+    let c = Check { origins };
+    let classify = classify_with(&c, &raw)?;
+    let listen = c.addr("listen", raw.listen.as_deref().unwrap_or("127.0.0.1:8080"), "127.0.0.1:8080")?;
+    let public_url = c.url("public_url", raw.public_url)?;
+    let fallback_url = c.url("fallback_url", raw.fallback_url)?;
+    let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./waymark-data".into()));
+    let events_file = raw.events_file.map(PathBuf::from).unwrap_or_else(|| data_dir.join("events.jsonl"));
+
+    let queue_capacity = c.positive("queue_capacity", raw.queue_capacity, 65_536, 16 << 20)? as usize;
+    let flush_interval = c.millis("flush_interval_ms", raw.flush_interval_ms, 1_000, 3_600_000)?;
+    let shutdown_grace = c.millis("shutdown_grace_ms", raw.shutdown_grace_ms, 10_000, 600_000)?;
+    let header_read_timeout =
+        c.millis("header_read_timeout_ms", raw.header_read_timeout_ms, 10_000, 600_000)?;
+    let max_connections = c.positive("max_connections", raw.max_connections, 10_000, 1_000_000)? as usize;
+    let max_header_bytes = match raw.max_header_bytes.unwrap_or(16_384) {
+        n @ 8_192..=1_048_576 => n as usize,
+        n => return Err(c.invalid("max_header_bytes", n.to_string(), "a size from 8192 to 1048576")),
+    };
+    let trusted_proxies = raw
+        .trusted_proxies
+        .unwrap_or_default()
+        .into_iter()
+        .map(|cidr| {
+            cidr.parse::<IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| c.invalid("trusted_proxies", &cidr, "a list of CIDRs such as 10.0.0.0/8"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_ip_header = c.one_of(
+        "client_ip_header",
+        raw.client_ip_header.as_deref(),
+        &[("x-forwarded-for", ClientIpHeader::XForwardedFor), ("forwarded", ClientIpHeader::Forwarded)],
+    )?;
+    let log_format = c.one_of(
+        "log_format",
+        raw.log_format.as_deref(),
+        &[("human", LogFormat::Human), ("json", LogFormat::Json)],
+    )?;
+    let log = raw.log.unwrap_or_else(|| "info".into());
+
+    let tenants = raw.tenants.into_iter().map(|t| tenant(&c, t)).collect::<Result<Vec<_>, _>>()?;
+    tenancy::check_hosts(&tenants).map_err(|(tenant, host)| {
+        c.invalid(&format!("tenants[{tenant}].hosts"), host, "a host served by one tenant only")
+    })?;
+    let unknown_hosts = c.one_of(
+        "unknown_hosts",
+        raw.unknown_hosts.as_deref(),
+        &[("default", UnknownHosts::Default), ("reject", UnknownHosts::Reject)],
+    )?;
+    let unsubscribe_rate = c.rate("unsubscribe_rate_per_minute", raw.unsubscribe_rate_per_minute, 30)?;
+    let admin = match raw.admin_listen {
+        None => None,
+        Some(text) => {
+            let admin_listen = c.addr("admin_listen", &text, "127.0.0.1:9090")?;
+            if admin_listen == listen && listen.port() != 0 {
+                return Err(c.invalid("admin_listen", &text, "an address other than the public listener's"));
+            }
+            // Trimmed: a token read from a file or a secret often ends in a
+            // new line, which no client sends back.
+            let token = raw.admin_token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+            if token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(char::is_whitespace)) {
+                return Err(c.invalid(
+                    "admin_token",
+                    "",
+                    "a secret of at least 16 characters, without spaces",
+                ));
+            }
+            let max_body =
+                c.positive("admin_max_body_bytes", raw.admin_max_body_bytes, 2 << 20, 64 << 20)? as usize;
+            let rate = c.rate("admin_rate_per_minute", raw.admin_rate_per_minute, 600)?;
+            Some(AdminSettings { listen: admin_listen, rate, token, max_body })
+        }
+    };
+    let tls = tls(&c, raw.tls_listen, raw.tls_cert, raw.tls_key, raw.tls_certificates, raw.tls_reload_ms)?;
+    let privacy = privacy(&c, raw.ip_mode.as_deref(), raw.ip_hash_key.as_deref(), raw.keep_user_agent)?;
+    let spool = SpoolSettings {
+        max_bytes: c.positive("spool_max_bytes", raw.spool_max_bytes, 1 << 30, 1 << 50)?,
+        segment_bytes: c.positive("spool_segment_bytes", raw.spool_segment_bytes, 16 << 20, 1 << 30)?,
+        fsync_every: c.millis("spool_fsync_ms", raw.spool_fsync_ms, 1_000, 3_600_000)?,
+    };
+    let spool_dir = raw.spool_dir.map(PathBuf::from).unwrap_or_else(|| data_dir.join("spool"));
+    let sink = match kafka(&c, raw.kafka, spool_dir, spool)? {
+        Some(kafka) => SinkSettings::Kafka(kafka),
+        None => SinkSettings::File(events_file.clone()),
+    };
+    let keys = match (raw.keys, raw.keys_file) {
+        (Some(list), _) => KeySpec::Inline { setting: origins.name("keys"), ring: c.keys("keys", &list)? },
+        (None, Some(path)) => KeySpec::File { setting: origins.name("keys_file"), path: path.into() },
+        (None, None) => KeySpec::Development(data_dir.join("dev-keys")),
+    };
+    Ok(Config {
+        listen,
+        public_url,
+        keys,
+        data_dir,
+        events_file,
+        fallback_url,
+        queue_capacity,
+        flush_interval,
+        shutdown_grace,
+        header_read_timeout,
+        max_connections,
+        max_header_bytes,
+        trusted_proxies,
+        client_ip_header,
+        log_format,
+        log,
+        tenants,
+        unknown_hosts,
+        unsubscribe_rate,
+        admin,
+        classify,
+        tls,
+        privacy,
+        sink,
+    })
+}
+
+fn tenant(c: &Check, t: RawTenant) -> Result<Tenant, ConfigError> {
+    let setting = format!("tenants[{}]", t.name);
+    if t.name.is_empty() || t.name.len() > crate::token::limits::TENANT {
+        return Err(c.invalid("tenants.name", &t.name, "a name of 1 to 63 characters"));
+    }
+    let fallback_url = c.url(&format!("{setting}.fallback_url"), t.fallback_url)?;
+    let hosts = t
+        .hosts
+        .iter()
+        .map(|host| {
+            tenancy::normalize_host(host)
+                .ok_or_else(|| c.invalid(&format!("{setting}.hosts"), host, "a host name without port"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let first =
+        hosts.first().ok_or_else(|| c.invalid(&format!("{setting}.hosts"), "", "at least one host name"))?;
+    let base_url = Destination::parse(&format!("https://{first}"))
+        .map_err(|_| c.invalid(&format!("{setting}.hosts"), first, "at least one host name"))?;
+    let keys = t.keys.map(|k| c.keys(&format!("{setting}.keys"), &k).map(std::sync::Arc::new)).transpose()?;
+    let switches = Switches {
+        opens: t.opens.unwrap_or(true),
+        clicks: t.clicks.unwrap_or(true),
+        unsubscribe: t.unsubscribe.unwrap_or(true),
+    };
+    Ok(Tenant { name: t.name, hosts, base_url, fallback_url, switches, keys })
+}
+
+fn tls(
+    c: &Check,
+    listen: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    more: Vec<RawCertificate>,
+    reload_ms: Option<u64>,
+) -> Result<Option<TlsSettings>, ConfigError> {
+    let mut certificates = Vec::new();
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            certificates.push(CertSpec { hosts: vec![], cert: cert.into(), key: key.into() })
+        }
+        (None, None) => {}
+        (Some(_), None) => return Err(c.invalid("tls_key", "", "a key file to go with tls_cert")),
+        (None, Some(_)) => return Err(c.invalid("tls_cert", "", "a certificate file to go with tls_key")),
+    }
+    certificates.extend(more.into_iter().map(|c| CertSpec {
+        hosts: c.hosts,
+        cert: c.cert.into(),
+        key: c.key.into(),
+    }));
+    match listen {
+        Some(text) => {
+            let listen = c.addr("tls_listen", &text, "0.0.0.0:8443")?;
+            if certificates.is_empty() {
+                return Err(c.invalid(
+                    "tls_listen",
+                    &text,
+                    "a certificate too (tls_cert and tls_key, or [[tls_certificates]])",
+                ));
+            }
+            let reload_every = c.millis("tls_reload_ms", reload_ms, 10_000, 86_400_000)?;
+            Ok(Some(TlsSettings { listen, certificates, reload_every }))
+        }
+        None if !certificates.is_empty() => {
+            Err(c.invalid("tls_listen", "", "an address to serve the configured certificates on"))
+        }
+        None => Ok(None),
+    }
+}
+
+fn privacy(
+    c: &Check,
+    mode: Option<&str>,
+    key: Option<&str>,
+    keep_ua: Option<bool>,
+) -> Result<Privacy, ConfigError> {
+    let ip_mode = match mode {
+        None => IpMode::Full,
+        Some(m) => {
+            IpMode::parse(m).ok_or_else(|| c.invalid("ip_mode", m, "full, truncated, hashed or none"))?
+        }
+    };
+    let ip_hash_key = match key {
+        Some(k) => Some(
+            URL_SAFE_NO_PAD
+                .decode(k.trim().trim_end_matches('='))
+                .ok()
+                .filter(|b| b.len() >= 16)
+                .ok_or_else(|| c.invalid("ip_hash_key", "", "base64url of at least 16 random bytes"))?,
+        ),
+        None if ip_mode == IpMode::Hashed => {
+            return Err(c.invalid(
+                "ip_hash_key",
+                "",
+                "a secret key when ip_mode is hashed (waymark keygen makes one)",
+            ));
+        }
+        None => None,
+    };
+    Ok(Privacy::new(ip_mode, ip_hash_key.as_deref().unwrap_or(&[0; 32]), keep_ua.unwrap_or(true)))
+}
+
+/// The `[kafka]` section, when brokers are configured. librdkafka's own
+/// check of the properties is a start-up step ([`crate::startup`]).
+fn kafka(
+    c: &Check,
+    raw: RawKafka,
+    spool_dir: PathBuf,
+    spool: SpoolSettings,
+) -> Result<Option<KafkaSettings>, ConfigError> {
+    let Some(brokers) = raw.brokers.filter(|b| !b.trim().is_empty()) else { return Ok(None) };
+    let topic = raw.topic.unwrap_or_else(|| "waymark.events".into());
+    if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(c.invalid("kafka.topic", &topic, "a topic name of letters, digits, '.', '_' and '-'"));
+    }
+    Ok(Some(KafkaSettings {
+        brokers,
+        topic,
+        topic_per_type: raw.topic_per_type.unwrap_or(false),
+        properties: raw.properties.unwrap_or_default().into_iter().collect(),
+        flush_timeout: c.millis("kafka.flush_timeout_ms", raw.flush_timeout_ms, 5_000, 600_000)?,
+        spool_dir,
+        spool,
+    }))
+}
+
+/// The classifier's settings alone: `waymark classify` needs these and no keys.
+pub fn classify_settings(raw: &RawConfig, origins: &Origins) -> Result<classify::Settings, ConfigError> {
+    classify_with(&Check { origins }, raw)
+}
+
+fn classify_with(c: &Check, raw: &RawConfig) -> Result<classify::Settings, ConfigError> {
+    let verdicts =
+        |key: &str, v: &Option<Vec<String>>, default: &[Verdict]| -> Result<Vec<Verdict>, ConfigError> {
+            match v {
+                None => Ok(default.to_vec()),
+                Some(list) => list
+                    .iter()
+                    .map(|s| {
+                        Verdict::parse(s.trim())
+                            .ok_or_else(|| c.invalid(key, s, "a list of human, proxy, bot, scanner"))
+                    })
+                    .collect(),
+            }
+        };
+    let path = |v: &Option<String>| v.as_ref().map(PathBuf::from);
+    let defaults = classify::Settings::default();
+    Ok(classify::Settings {
+        rules_file: path(&raw.scanner_rules),
+        asn_db: path(&raw.asn_db),
+        city_db: path(&raw.city_db),
+        prefetch_window: c.window("prefetch_window_ms", raw.prefetch_window_ms, 5_000)?,
+        windows: Windows {
+            repeat: c.window("repeat_window_ms", raw.repeat_window_ms, 60_000)?,
+            burst: c.window("burst_window_ms", raw.burst_window_ms, 2_000)?,
+            burst_links: c.positive("burst_links", raw.burst_links, 3, 1000)? as usize,
+            scan: c.window("scan_window_ms", raw.scan_window_ms, 600_000)?,
+            memory: defaults.windows.memory,
+        },
+        policy: CountingPolicy {
+            opens: verdicts("count_opens", &raw.count_opens, &defaults.policy.opens)?,
+            clicks: verdicts("count_clicks", &raw.count_clicks, &defaults.policy.clicks)?,
+        },
+        cache_capacity: c.positive("ua_cache_size", raw.ua_cache_size, 20_000, 100_000_000)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::KeySource;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn key() -> String {
+        crate::keys::Key::generate_entry(&crate::keys::KeyId::new("k1").unwrap())
+    }
+
+    fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        validate(RawConfig::from_toml(text).unwrap(), &Origins::default())
+    }
+
+    #[test]
+    fn defaults_make_a_development_ring_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!("data_dir = {:?}", dir.path().to_str().unwrap());
+        let config = from_toml(&toml).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.events_file, dir.path().join("events.jsonl"));
+        // Validation touches no file: the ring is made when it is loaded.
+        assert!(!dir.path().join("dev-keys").exists());
+        let (ring, source) = config.keys.load().unwrap();
+        assert!(matches!(source, KeySource::Development(_)));
+        // The second start reuses the same ring, so old dev links keep working.
+        let (again, _) = from_toml(&toml).unwrap().keys.load().unwrap();
+        assert_eq!(again.sealing().id().as_str(), "dev");
+        assert_eq!(ring.sealing().id(), again.sealing().id());
+        let text = std::fs::read_to_string(dir.path().join("dev-keys")).unwrap();
+        assert!(text.contains("never use it in production"));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("waymark.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:80\"\nqueue_capacity = 5").unwrap();
+        let c = crate::config::load(
+            Some(&file),
+            env(&[("WAYMARK_LISTEN", "127.0.0.1:9"), ("WAYMARK_KEYS", &key())]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(c.queue_capacity, 5);
+        assert!(matches!(c.keys, KeySpec::Inline { .. }));
+    }
+
+    /// A bad value is named as the user wrote it: the variable, or the key
+    /// in the named file; a secret's value is never shown.
+    #[test]
+    fn bad_settings_are_named_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("w.toml");
+        let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+            ("", vec![("WAYMARK_LISTEN", "localhost")], "setting WAYMARK_LISTEN = \"localhost\" is invalid"),
+            ("listen = \"localhost\"", vec![], "setting listen (in "),
+            ("", vec![("WAYMARK_QUEUE_CAPACITY", "lots")], "setting WAYMARK_QUEUE_CAPACITY = \"lots\""),
+            ("", vec![("WAYMARK_QUEUE_CAPACITY", "0")], "setting WAYMARK_QUEUE_CAPACITY = \"0\""),
+            ("queue_capacity = 0", vec![], "setting queue_capacity (in "),
+            (
+                "",
+                vec![("WAYMARK_FALLBACK_URL", "javascript:x")],
+                "setting WAYMARK_FALLBACK_URL = \"javascript:x\"",
+            ),
+            (
+                "",
+                vec![("WAYMARK_TRUSTED_PROXIES", "10.0.0.0/33")],
+                "setting WAYMARK_TRUSTED_PROXIES = \"10.0.0.0/33\"",
+            ),
+            ("", vec![("WAYMARK_LOG_FORMAT", "xml")], "expected human or json"),
+            ("", vec![("WAYMARK_CLIENT_IP_HEADER", "x-real-ip")], "expected x-forwarded-for or forwarded"),
+            (
+                "",
+                vec![("WAYMARK_KEYS", "k1:nope")],
+                "setting WAYMARK_KEYS is invalid: the secret of key \"k1\"",
+            ),
+            (
+                "",
+                vec![("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"), ("WAYMARK_ADMIN_TOKEN", "short")],
+                "WAYMARK_ADMIN_TOKEN = \"<redacted>\"",
+            ),
+            (
+                "",
+                vec![("WAYMARK_IP_MODE", "hashed"), ("WAYMARK_IP_HASH_KEY", "x")],
+                "WAYMARK_IP_HASH_KEY = \"<redacted>\"",
+            ),
+        ];
+        for (toml, vars, want) in cases {
+            std::fs::write(&file, toml).unwrap();
+            let err = crate::config::load(Some(&file), env(&vars)).unwrap_err().to_string();
+            assert!(err.contains(want), "{toml:?} {vars:?}: {err}");
+        }
+    }
+
+    /// Issue 18: no value of a secret-bearing setting reaches an error.
+    #[test]
+    fn secrets_never_reach_an_error() {
+        let secret = "9J0fQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4rQm4";
+        let cases: Vec<Vec<(&str, String)>> = vec![
+            vec![("WAYMARK_KEYS", format!("{secret}:k1"))],
+            vec![("WAYMARK_KEYS", format!("k1={secret}"))],
+            vec![("WAYMARK_KEYS", format!("k1:{secret}x"))],
+            vec![("WAYMARK_KAFKA_PROPERTIES", format!("sasl.password{secret}"))],
+            vec![
+                ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0".into()),
+                ("WAYMARK_ADMIN_TOKEN", format!("{secret} x")),
+            ],
+            vec![("WAYMARK_IP_MODE", "hashed".into()), ("WAYMARK_IP_HASH_KEY", format!("{secret}!"))],
+        ];
+        for vars in cases {
+            let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let err = crate::config::load(None, env(&pairs)).unwrap_err().to_string();
+            assert!(!err.contains(&secret[..6]), "{vars:?} printed {err}");
+        }
+        let toml = format!("[[tenants]]\nname = \"a\"\nhosts = [\"t.a.com\"]\nkeys = [\"{secret}:k1\"]\n");
+        let err = from_toml(&toml).unwrap_err().to_string();
+        assert!(!err.contains(&secret[..6]) && err.contains("tenants[a].keys"), "{err}");
+    }
+
+    #[test]
+    fn admin_tokens_lose_a_trailing_new_line() {
+        let c = crate::config::load(
+            None,
+            env(&[
+                ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
+                ("WAYMARK_ADMIN_TOKEN", "0123456789abcdef0123\n"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.unwrap().token.as_deref(), Some("0123456789abcdef0123"));
+    }
+
+    #[test]
+    fn unknown_file_settings_are_refused() {
+        let err = RawConfig::from_toml("listne = \"x\"").unwrap_err();
+        assert!(err.contains("unknown field `listne`"), "{err}");
+    }
+
+    #[test]
+    fn key_files_readable_by_others_are_refused_at_start_up() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys");
+        std::fs::write(&path, key()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let toml = format!("keys_file = {:?}", path.to_str().unwrap());
+        let err = from_toml(&toml).unwrap().keys.load().unwrap_err();
+        assert!(err.to_string().contains("mode 644"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(from_toml(&toml).unwrap().keys.load().is_ok());
+    }
+
+    #[test]
+    fn tenants_map_their_hosts_normalised() {
+        let toml = format!(
+            "keys = [\"{}\"]\n[[tenants]]\nname = \"a\"\nhosts = [\"T.Sender-A.com.\", \"bücher.example\"]\nfallback_url = \"https://sender-a.com/\"",
+            key()
+        );
+        let c = from_toml(&toml).unwrap();
+        let t = &c.tenants[0];
+        assert_eq!(t.name, "a");
+        assert_eq!(t.hosts, ["t.sender-a.com", "xn--bcher-kva.example"]);
+        assert_eq!(t.fallback_url.as_ref().unwrap().as_str(), "https://sender-a.com/");
+        let twice = "[[tenants]]\nname = \"a\"\nhosts = [\"t.a.com\"]\n[[tenants]]\nname = \"b\"\nhosts = [\"T.A.COM.\"]\n";
+        assert!(from_toml(twice).unwrap_err().to_string().contains("a host served by one tenant only"));
+    }
+}

@@ -1,0 +1,160 @@
+//! Start-up: the steps between a checked [`Config`] and a running
+//! [`Server`], in order: load the key ring, check librdkafka's properties,
+//! build the classifier, the sink and the pipeline, the tenancy, the edge
+//! and the admin API, then bind the listeners. Each step that can fail
+//! fails here, before the first request.
+
+use std::sync::Arc;
+
+use crate::admin::Admin;
+use crate::classify::Classifier;
+use crate::config::{Config, ConfigError, KeySource, KeySpec, SinkSettings};
+use crate::edge::{ClientAddress, Edge};
+use crate::health::Health;
+use crate::keys::KeyRing;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::ratelimit::ClientLimit;
+use crate::server::{Limits, Listeners, ServeError, Server};
+use crate::sink::Sink;
+use crate::sink::file::FileSink;
+use crate::sink::kafka::{KafkaSettings, KafkaSink, KafkaStats};
+use crate::tenancy::{self, Tenancy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("setting kafka.properties is invalid: {0}")]
+    KafkaProperties(String),
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+    #[error(transparent)]
+    Kafka(#[from] crate::sink::kafka::KafkaSetupError),
+    #[error(transparent)]
+    Classify(#[from] crate::classify::ClassifyError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// What to tell whoever is about to use a development ring.
+pub fn development_ring_warning(path: &std::path::Path) -> String {
+    format!(
+        "DEVELOPMENT KEY RING IN USE ({}): links minted with it stop working wherever this file is lost. \
+         Set WAYMARK_KEYS (see `waymark keygen`) before sending real mail.",
+        path.display()
+    )
+}
+
+/// Loads the key ring; a development ring is returned with its path.
+pub fn load_keys(spec: KeySpec) -> Result<(KeyRing, Option<std::path::PathBuf>), ConfigError> {
+    let (ring, source) = spec.load()?;
+    Ok((
+        ring,
+        match source {
+            KeySource::Development(path) => Some(path),
+            KeySource::Configured => None,
+        },
+    ))
+}
+
+/// The tenancy of a configuration, over its loaded ring.
+pub fn tenancy(config: &Config, keys: KeyRing) -> Tenancy {
+    Tenancy::new(
+        Arc::new(keys),
+        tenancy::default_base(config.public_url.as_ref(), config.listen),
+        config.tenants.clone(),
+        config.unknown_hosts,
+    )
+}
+
+/// librdkafka checks every property when a client is made, so a typo
+/// fails now. Its message can quote a property's value, which may be a
+/// password: every configured value is cut out of it.
+pub fn probe_kafka(settings: &KafkaSettings) -> Result<(), StartError> {
+    let mut probe = settings.client_config();
+    probe.set("log_level", "0");
+    match probe.create::<rdkafka::producer::BaseProducer>() {
+        Ok(_) => Ok(()),
+        Err(e) => Err(StartError::KafkaProperties(redact_values(&e.to_string(), &settings.properties))),
+    }
+}
+
+fn redact_values(message: &str, properties: &[(String, String)]) -> String {
+    let mut values: Vec<&str> =
+        properties.iter().map(|(_, v)| v.as_str()).filter(|v| !v.is_empty()).collect();
+    // Longest first, so a value that contains another is cut whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.iter().fold(message.to_owned(), |m, v| m.replace(v, "<redacted>"))
+}
+
+/// Builds every part from a checked configuration and its tenancy (over
+/// the loaded key ring), and binds the listeners.
+pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, StartError> {
+    if let SinkSettings::Kafka(kafka) = &config.sink {
+        probe_kafka(kafka)?;
+    }
+    let classifier = Classifier::new(&config.classify)?;
+    let cache_stats = classifier.cache_stats().clone();
+    tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
+    let health = Arc::new(Health::default());
+    let mut sources: Vec<Arc<dyn crate::metrics::Source>> = Vec::new();
+    let sink: Box<dyn Sink> = match &config.sink {
+        SinkSettings::File(path) => Box::new(FileSink::open(path)?),
+        SinkSettings::Kafka(kafka) => {
+            let stats = Arc::new(KafkaStats::default());
+            sources.push(stats.clone());
+            tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
+            Box::new(KafkaSink::start(kafka.clone(), health.clone(), stats)?)
+        }
+    };
+    let (recorder, pipeline) = Pipeline::start(
+        classifier,
+        sink,
+        config.privacy.clone(),
+        config.queue_capacity,
+        config.flush_interval,
+    );
+    let stats = recorder.stats().clone();
+    let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
+    let admin = config.admin.as_ref().map(|a| {
+        (
+            a.listen,
+            Arc::new(Admin::new(metrics.clone(), tenancy.clone(), a.token.as_deref(), a.max_body, a.rate)),
+        )
+    });
+    let edge = Arc::new(Edge::new(
+        tenancy,
+        recorder,
+        config.fallback_url.clone(),
+        ClientAddress { trusted_proxies: config.trusted_proxies.clone(), header: config.client_ip_header },
+        health.clone(),
+        metrics,
+        ClientLimit::per_minute(config.unsubscribe_rate),
+    ));
+    let listeners = Listeners { public: config.listen, tls: config.tls.clone(), admin };
+    let limits = Limits {
+        grace: config.shutdown_grace,
+        header_read_timeout: config.header_read_timeout,
+        max_header_bytes: config.max_header_bytes,
+        max_connections: config.max_connections,
+    };
+    Ok(Server::bind(listeners, limits, edge, pipeline, stats, health).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_errors_lose_every_configured_value() {
+        let props = vec![
+            ("sasl.password".to_owned(), "hunter2".to_owned()),
+            ("security.protocol".into(), "PW".into()),
+        ];
+        let message = "Invalid value \"PW\" for configuration property \"security.protocol\"; hunter2";
+        let got = redact_values(message, &props);
+        assert!(!got.contains("PW") && !got.contains("hunter2"), "{got}");
+        assert!(got.contains("security.protocol"));
+    }
+}
