@@ -160,3 +160,39 @@ fn sign_for_a_tenant_uses_its_host_and_its_own_keys() {
     let out = waymark(&["sign", "open", "--message-id", "m", "--tenant", "nobody"], &env);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tenant \"nobody\" is not configured"));
 }
+
+/// What a new user meets first (issue 15): each cause said once, a loud
+/// warning when minting with the development ring, and logs without colour
+/// codes when they go to a file.
+#[test]
+fn first_contact_errors_warnings_and_logs_read_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let keys = key_entry("k1");
+    let out = waymark(
+        &["serve"],
+        &[
+            ("WAYMARK_EVENTS_FILE", "/proc/nope/events.jsonl"),
+            ("WAYMARK_KEYS", &keys),
+            ("WAYMARK_LISTEN", "127.0.0.1:0"),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    let out = waymark(&["serve"], &[("WAYMARK_KEYS", "garbage"), ("WAYMARK_DATA_DIR", data)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("not of the form KID:SECRET").count(), 1, "{err}");
+
+    let out = waymark(&["sign", "open", "--message-id", "m"], &[("WAYMARK_DATA_DIR", data)]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEVELOPMENT KEY RING IN USE"));
+    let out = waymark(&["sign", "open", "--message-id", "m"], &[("WAYMARK_KEYS", &keys)]);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut svc = Service::start_with_stderr("", &[("WAYMARK_LOG", "info")]);
+    svc.stop();
+    let log = svc.stderr();
+    assert!(log.contains("DEVELOPMENT KEY RING IN USE") && log.contains("stopped"), "{log}");
+    assert!(!log.contains('\u{1b}'), "colour codes in a log file: {log:?}");
+}

@@ -236,3 +236,34 @@ fn the_rewrite_command_writes_html_and_headers() {
     );
     assert!(no_clicks.status.success());
 }
+
+/// Issue 18: a message with more links than a token's index can tell
+/// apart is refused with a clear error, never given repeated indices; one
+/// at the limit is instrumented, its last link with index 65,534.
+#[test]
+fn more_links_than_an_index_can_hold_are_refused() {
+    let keys = key_entry("k1");
+    let r = ring(&keys);
+    let msg = message(Switches { opens: false, clicks: true, unsubscribe: false });
+    let html = |n: usize| {
+        let mut s = String::with_capacity(n * 40);
+        for i in 0..n {
+            s.push_str(&format!("<a href=\"https://example.com/{i}\">x</a>"));
+        }
+        s
+    };
+    let out = rewrite::instrument(&r, &msg, html(rewrite::MAX_LINKS).as_bytes()).unwrap();
+    assert_eq!(out.links, 65_535);
+    let text = String::from_utf8(out.html).unwrap();
+    // The last two click URLs: the last real link, then the honeypot.
+    let mut tail = text.rsplit("/c/").map(|t| t.split('"').next().unwrap());
+    let (trap, last) = (tail.next().unwrap(), tail.next().unwrap());
+    for (t, want) in [(last, (65_534, false)), (trap, (rewrite::TRAP_INDEX, true))] {
+        match token::open(&r, t, 0).unwrap().claims().target.clone() {
+            Target::Click(link) => assert_eq!((link.index, link.trap), want),
+            other => panic!("{other:?}"),
+        }
+    }
+    let err = rewrite::instrument(&r, &msg, html(rewrite::MAX_LINKS + 1).as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("more than 65535 links"), "{err}");
+}

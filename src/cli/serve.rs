@@ -21,6 +21,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         let sink = config.sink.clone();
         let demo = demo_links(&tenancy)?;
         let server = startup::start(config, tenancy).await?;
+        let shutdown = crate::server::shutdown_signal();
         let addr = server.local_addr();
         if let Some(tls) = server.tls_addr() {
             println!("waymark listening on https://{tls}");
@@ -43,7 +44,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         }
         // Last, so whoever waits for this line has the whole banner.
         println!("waymark listening on http://{addr}");
-        server.run(crate::server::shutdown_signal()).await;
+        server.run(shutdown).await;
         anyhow::Ok(())
     })
 }
