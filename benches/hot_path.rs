@@ -72,20 +72,22 @@ fn classification(c: &mut Criterion) {
 fn events(c: &mut Criterion) {
     let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
     let token = token::open(&ring, &token::seal(&ring, &claims()).unwrap(), 0).unwrap();
+    let at = time::OffsetDateTime::now_utc();
     let hit = Hit {
+        id: waymark::hit::HitId::mint(at),
         token,
-        at: time::OffsetDateTime::now_utc(),
+        at,
         method: Method::Get,
         client_ip: Some("203.0.113.9".parse().unwrap()),
         user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)".into()),
     };
     let mut classifier = Classifier::new(&Settings::default()).unwrap();
-    let id = ulid::Ulid::from_datetime(hit.at.into());
-    let judgement = classifier.judge(&hit, id).judgement;
+    let judgement = classifier.judge(&hit).judgement;
+    let settings = waymark::event::Settings::default();
     // The pipeline's way: one JSON buffer reused for every event.
     let mut json = Vec::new();
     c.bench_function("event/build_and_encode", |b| {
-        b.iter(|| Event::from_hit(black_box(&hit), id, &judgement).encode(&mut json).json.len())
+        b.iter(|| Event::from_hit(black_box(&hit), &judgement, &settings).encode(&mut json).json.len())
     });
 }
 

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use http::HeaderMap;
 use ipnet::IpNet;
 use time::OffsetDateTime;
+use ulid::Ulid;
 
 use crate::token::Token;
 
@@ -22,8 +23,22 @@ pub enum Method {
     Post,
 }
 
+/// A hit's identity, minted once when the hit arrives. Every event the hit
+/// gives rise to takes its id from this one ([`crate::event::ids`]), so
+/// judging the same hit again gives the same events with the same ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HitId(pub Ulid);
+
+impl HitId {
+    /// A new id at the hit's time: sortable, and unique by its 80 random bits.
+    pub fn mint(at: OffsetDateTime) -> HitId {
+        HitId(Ulid::from_datetime(at.into()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Hit {
+    pub id: HitId,
     pub token: Token,
     pub at: OffsetDateTime,
     pub method: Method,

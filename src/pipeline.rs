@@ -12,8 +12,6 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ulid::Ulid;
-
 use crate::classify::{Classifier, Verdict};
 use crate::event::Event;
 use crate::hit::Hit;
@@ -100,10 +98,14 @@ impl Pipeline {
         let (tx, rx) = mpsc::sync_channel(capacity);
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
+        let events = crate::event::Settings {
+            privacy,
+            repeat_window_ms: classifier.repeat_window().as_millis() as i64,
+        };
         let worker = Worker {
             classifier,
             sink,
-            privacy,
+            events,
             stats: stats.clone(),
             stop: stop.clone(),
             json: Vec::with_capacity(4096),
@@ -128,7 +130,7 @@ impl Pipeline {
 struct Worker {
     classifier: Classifier,
     sink: Box<dyn Sink>,
-    privacy: Privacy,
+    events: crate::event::Settings,
     stats: Arc<Stats>,
     stop: Arc<AtomicBool>,
     /// Every event's JSON is written here in turn: one buffer, no
@@ -197,23 +199,21 @@ impl Worker {
     }
 
     fn handle(&mut self, hit: &Hit) {
-        let id = Ulid::from_datetime(hit.at.into());
-        let outcome = self.classifier.judge(hit, id);
+        let outcome = self.classifier.judge(hit);
         let j = &outcome.judgement;
         let kind = hit.token.claims().target.kind();
         self.stats.verdict_counter(kind, j.verdict, j.counted).fetch_add(1, Ordering::Relaxed);
-        self.publish(Event::from_hit(hit, id, j));
-        if let Some(backfill) = outcome.backfill {
-            self.publish(Event::backfill(hit, backfill, j));
+        self.publish(Event::from_hit(hit, j, &self.events));
+        if outcome.backfill {
+            self.publish(Event::backfill(hit, j, &self.events));
         }
         for withdrawn in &outcome.withdrawn {
-            self.publish(Event::reclassified(hit, Ulid::from_datetime(hit.at.into()), withdrawn, j));
+            self.publish(Event::reclassified(hit, withdrawn, j, &self.events));
         }
         self.stats.processed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn publish(&mut self, mut event: Event) {
-        self.privacy.apply(&mut event);
+    fn publish(&mut self, event: Event) {
         if checked(&self.stats, self.sink.publish(&event.encode(&mut self.json))) {
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }

@@ -11,8 +11,6 @@ use std::net::IpAddr;
 
 use ring::hmac;
 
-use crate::event::{Event, Object};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpMode {
     Full,
@@ -74,21 +72,9 @@ impl Privacy {
         }
     }
 
-    /// Reduces an event's client fields as configured.
-    pub fn apply(&self, event: &mut Event) {
-        if self.ip == IpMode::Full && self.keep_user_agent {
-            return;
-        }
-        let ip = match &mut event.data.object {
-            Object::Hit(h) => {
-                if !self.keep_user_agent {
-                    h.user_agent = None;
-                }
-                &mut h.ip_address
-            }
-            Object::Reclassification(r) => &mut r.ip_address,
-        };
-        *ip = ip.as_deref().and_then(|text| text.parse().ok()).and_then(|addr| self.ip(addr));
+    /// Whether events keep the user agent.
+    pub fn keeps_user_agent(&self) -> bool {
+        self.keep_user_agent
     }
 }
 

@@ -13,11 +13,10 @@ use std::time::Duration;
 
 // Randomly seeded like std's maps but several times cheaper per look-up;
 // the pipeline looks up three maps for every hit.
+use crate::hit::HitId;
+use crate::token::Kind;
 use foldhash::HashMap;
 use smallvec::SmallVec;
-use ulid::Ulid;
-
-use crate::token::Kind;
 
 /// The windows the rules look back over.
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +83,7 @@ pub struct Seen<'a> {
     pub trap: bool,
     pub client: Option<IpAddr>,
     pub at_ms: i64,
-    pub event_id: Ulid,
+    pub hit: HitId,
 }
 
 /// What behaviour adds to the judgement of one hit.
@@ -95,8 +94,8 @@ pub struct Findings {
     /// The client was already known to be scanning this message.
     pub scanning: bool,
     pub repeat: bool,
-    /// Emit a counted open with reason `backfill`, with this id.
-    pub backfill: Option<Ulid>,
+    /// Emit a counted open with reason `backfill`.
+    pub backfill: bool,
     /// Events already published as counted that must now be withdrawn.
     pub withdrawn: Vec<Withdrawn>,
 }
@@ -108,10 +107,13 @@ impl Findings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An event published earlier as counted, named by the hit it came from:
+/// the hit's own event, or the open that hit back-filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Withdrawn {
-    pub event_id: Ulid,
+    pub hit: HitId,
     pub kind: Kind,
+    pub backfill: bool,
 }
 
 #[derive(Debug, Default)]
@@ -119,7 +121,7 @@ struct Trail {
     scanning_since: Option<i64>,
     // Inline: most clients hit a message once or twice.
     clicks: SmallVec<[(u16, i64); 2]>,
-    counted: SmallVec<[(Ulid, Kind, Option<u16>); 1]>,
+    counted: SmallVec<[(Withdrawn, Option<u16>); 1]>,
     last_ms: i64,
 }
 
@@ -177,8 +179,9 @@ impl Behaviour {
             if (f.honeypot || f.burst) && !f.scanning {
                 trail.scanning_since = Some(seen.at_ms);
                 // Late evidence: withdraw what this client already had counted.
-                for (event_id, kind, link) in trail.counted.drain(..) {
-                    f.withdrawn.push(Withdrawn { event_id, kind });
+                for (withdrawn, link) in trail.counted.drain(..) {
+                    let kind = withdrawn.kind;
+                    f.withdrawn.push(withdrawn);
                     self.last_counted.remove(&(*seen.message, kind, link));
                     if kind == Kind::Open {
                         self.opened.remove(seen.message);
@@ -201,17 +204,16 @@ impl Behaviour {
                 none.insert(seen.at_ms);
             }
         }
-        let mut counted_now: SmallVec<[(Ulid, Kind, Option<u16>); 2]> = SmallVec::new();
-        counted_now.push((seen.event_id, seen.kind, seen.link));
+        let mut counted_now: SmallVec<[(Withdrawn, Option<u16>); 2]> = SmallVec::new();
+        counted_now.push((Withdrawn { hit: seen.hit, kind: seen.kind, backfill: false }, seen.link));
         match (seen.kind, self.opened.entry(*seen.message)) {
             (Kind::Open, opened) => {
                 opened.insert_entry(seen.at_ms);
             }
             (Kind::Click, Entry::Vacant(none)) => {
-                let id = Ulid::from_parts(seen.event_id.timestamp_ms(), seen.event_id.random() ^ 1);
-                f.backfill = Some(id);
+                f.backfill = true;
                 none.insert(seen.at_ms);
-                counted_now.push((id, Kind::Open, None));
+                counted_now.push((Withdrawn { hit: seen.hit, kind: Kind::Open, backfill: true }, None));
             }
             _ => {}
         }
@@ -278,7 +280,7 @@ mod tests {
             link: Option<u16>,
             ip: &str,
             at_ms: i64,
-        ) -> (Ulid, Findings) {
+        ) -> (HitId, Findings) {
             self.hit_full(m, kind, link, false, ip, at_ms, true)
         }
         #[allow(clippy::too_many_arguments)]
@@ -291,10 +293,10 @@ mod tests {
             ip: &str,
             at_ms: i64,
             counted: bool,
-        ) -> (Ulid, Findings) {
+        ) -> (HitId, Findings) {
             self.n += 1;
-            let id = Ulid::from_parts(at_ms as u64, self.n as u128);
-            let seen = Seen { message: m, kind, link, trap, client: ip.parse().ok(), at_ms, event_id: id };
+            let id = HitId(ulid::Ulid::from_parts(at_ms as u64, self.n as u128));
+            let seen = Seen { message: m, kind, link, trap, client: ip.parse().ok(), at_ms, hit: id };
             (id, self.b.observe(&seen, counted))
         }
     }
@@ -321,12 +323,12 @@ mod tests {
         let mut f = Feed::new();
         let m = msg("m1");
         let (_, first) = f.hit(&m, Kind::Click, Some(0), "203.0.113.1", 1_000);
-        assert!(first.backfill.is_some());
+        assert!(first.backfill);
         let (_, second) = f.hit(&m, Kind::Click, Some(1), "203.0.113.1", 9_000);
-        assert_eq!(second.backfill, None);
+        assert!(!second.backfill);
         let opened = msg("m2");
         f.hit(&opened, Kind::Open, None, "203.0.113.1", 1_000);
-        assert_eq!(f.hit(&opened, Kind::Click, Some(0), "203.0.113.1", 5_000).1.backfill, None);
+        assert!(!f.hit(&opened, Kind::Click, Some(0), "203.0.113.1", 5_000).1.backfill);
     }
 
     #[test]
@@ -340,8 +342,8 @@ mod tests {
         assert!(!c2.burst, "two links are not a burst");
         let (_, c3) = f.hit(&m, Kind::Click, Some(2), "198.51.100.5", 10_600);
         assert!(c3.burst);
-        let ids: Vec<Ulid> = c3.withdrawn.iter().map(|w| w.event_id).collect();
-        assert!(ids.contains(&open_id) && ids.contains(&click_id), "{c3:?}");
+        let ids: Vec<(HitId, bool)> = c3.withdrawn.iter().map(|w| (w.hit, w.backfill)).collect();
+        assert!(ids.contains(&(open_id, false)) && ids.contains(&(click_id, false)), "{c3:?}");
         // Its later hits on that message are scanner hits, and nothing is withdrawn twice.
         let (_, later) = f.hit(&m, Kind::Open, None, "198.51.100.5", 60_000);
         assert!(later.scanning && later.withdrawn.is_empty());
@@ -352,7 +354,7 @@ mod tests {
 
         let mut f = Feed::new();
         let trap = f.hit_full(&m, Kind::Click, Some(9), true, "198.51.100.6", 5_000, true).1;
-        assert!(trap.honeypot && trap.backfill.is_none());
+        assert!(trap.honeypot && !trap.backfill);
         assert!(f.hit(&m, Kind::Click, Some(0), "198.51.100.6", 20_000).1.scanning);
     }
 

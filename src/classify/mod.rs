@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use ulid::Ulid;
 
-use self::behaviour::{Behaviour, MessageKey, Seen, Windows, Withdrawn};
+pub use self::behaviour::Withdrawn;
+use self::behaviour::{Behaviour, MessageKey, Seen, Windows};
 use self::networks::{Asn, Databases, Geo, NetworkList};
 use self::rules::{RuleFile, Rules};
 use crate::hit::{Hit, Method};
@@ -159,16 +159,14 @@ pub struct Judgement {
     pub geo: Option<Geo>,
     pub asn: Option<Asn>,
     pub rules_version: Arc<str>,
-    /// Bucket size of the event's `dedup_key`: the repeat window.
-    pub repeat_window_ms: i64,
 }
 
 /// A judgement plus the events history asks for.
 #[derive(Debug)]
 pub struct Outcome {
     pub judgement: Judgement,
-    /// Emit a counted `email.opened` (reason `backfill`) with this id.
-    pub backfill: Option<Ulid>,
+    /// Emit a counted `email.opened` (reason `backfill`).
+    pub backfill: bool,
     /// Emit an `email.reclassified` for each.
     pub withdrawn: Vec<Withdrawn>,
 }
@@ -394,8 +392,13 @@ impl Classifier {
         a
     }
 
-    /// Judges one hit whose event will carry `event_id`.
-    pub fn judge(&mut self, hit: &Hit, event_id: Ulid) -> Outcome {
+    /// The repeat window: also the bucket of an event's `dedup_key`.
+    pub fn repeat_window(&self) -> std::time::Duration {
+        self.behaviour.windows().repeat
+    }
+
+    /// Judges one hit, in the light of the hits of its message before it.
+    pub fn judge(&mut self, hit: &Hit) -> Outcome {
         let claims = hit.token.claims();
         let kind = claims.target.kind();
         let a = self.assess(kind, hit.client_ip, hit.user_agent.as_deref());
@@ -428,7 +431,7 @@ impl Classifier {
             Target::Click(l) => (Some(l.index), l.trap),
             _ => (None, false),
         };
-        let seen = Seen { message: &message, kind, link, trap, client: hit.client_ip, at_ms, event_id };
+        let seen = Seen { message: &message, kind, link, trap, client: hit.client_ip, at_ms, hit: hit.id };
         let f = self.behaviour.observe(&seen, counted);
         for (fired, reason) in
             [(f.honeypot, Reason::HONEYPOT), (f.burst, Reason::BURST), (f.scanning, Reason::SCANNING)]
@@ -451,7 +454,6 @@ impl Classifier {
                 geo: a.geo,
                 asn: a.asn,
                 rules_version: self.rules_version.clone(),
-                repeat_window_ms: self.behaviour.windows().repeat.as_millis() as i64,
             },
             backfill: f.backfill,
             withdrawn: f.withdrawn,

@@ -8,7 +8,7 @@
 //! setting the way the user wrote it, so a wrong value fails at start-up and
 //! never at the first request. Validation has no side effects: reading the
 //! key file, creating the development ring and probing librdkafka are steps
-//! of start-up ([`KeySpec::load`], [`crate::startup`]).
+//! of start-up ([`KeySpec::load`], and `startup`, which uses this module).
 
 mod keyspec;
 pub mod settings;

@@ -314,7 +314,7 @@ fn privacy(
 }
 
 /// The `[kafka]` section, when brokers are configured. librdkafka's own
-/// check of the properties is a start-up step ([`crate::startup`]).
+/// check of the properties is a start-up step (`startup::probe_kafka`).
 fn kafka(
     c: &Check,
     raw: RawKafka,

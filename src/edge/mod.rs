@@ -281,9 +281,11 @@ impl Edge {
     }
 
     fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
+        let at = OffsetDateTime::now_utc();
         let hit = Hit {
+            id: hit::HitId::mint(at),
             token,
-            at: OffsetDateTime::now_utc(),
+            at,
             method,
             client_ip: Some(self.client_ip(req, peer)),
             user_agent: hit::user_agent(req.headers()),

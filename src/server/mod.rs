@@ -2,7 +2,7 @@
 //! HTTPS with its handshake deadline, the admin port), serves each with the
 //! edge or the admin API, and shuts down in order: stop accepting, let
 //! in-flight requests finish (bounded by the grace period), then drain the
-//! pipeline into the sink. What it serves is built by [`crate::startup`].
+//! pipeline into the sink. What it serves is built by `startup`.
 
 mod conn;
 mod first_byte;
