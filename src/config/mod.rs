@@ -12,6 +12,8 @@
 
 mod keyspec;
 pub mod settings;
+#[cfg(test)]
+mod tests;
 mod validate;
 
 pub use validate::validate;

@@ -42,26 +42,28 @@ pub struct Service {
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
     pub stdout: Vec<String>,
-    stderr: Option<PathBuf>,
 }
 
 impl Service {
-    /// Starts `waymark serve` with the given extra environment.
+    /// Starts `waymark serve` with the given extra environment. Its log is
+    /// kept in a file, read by [`Service::stderr`] and printed only if the
+    /// test fails: the errors a fault test provokes on purpose (a broker
+    /// down, a full disk) are not failures and do not belong in the output.
     pub fn start(keys: &str, env: &[(&str, &str)]) -> Service {
-        Service::launch(keys, env, false)
+        Service::launch(keys, env)
     }
 
-    /// Like [`Service::start`], keeping the service's log for [`Service::stderr`].
+    /// The same as [`Service::start`]; the name says the test reads the log.
     pub fn start_with_stderr(keys: &str, env: &[(&str, &str)]) -> Service {
-        Service::launch(keys, env, true)
+        Service::launch(keys, env)
     }
 
-    /// The service's log so far (with [`Service::start_with_stderr`]).
+    /// The service's log so far.
     pub fn stderr(&self) -> String {
-        self.stderr.as_ref().map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
-    fn launch(keys: &str, env: &[(&str, &str)], keep_stderr: bool) -> Service {
+    fn launch(keys: &str, env: &[(&str, &str)]) -> Service {
         let dir = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_waymark"));
         cmd.arg("serve")
@@ -72,11 +74,7 @@ impl Service {
             .env("WAYMARK_FLUSH_INTERVAL_MS", "20")
             .env("WAYMARK_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let stderr = keep_stderr.then(|| dir.path().join("stderr.log"));
-        if let Some(path) = &stderr {
-            cmd.stderr(std::fs::File::create(path).unwrap());
-        }
+            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
         if !keys.is_empty() {
             cmd.env("WAYMARK_KEYS", keys);
         }
@@ -87,7 +85,11 @@ impl Service {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut stdout = Vec::new();
         let addr = loop {
-            let line = lines.next().expect("waymark exited before listening").unwrap();
+            let Some(line) = lines.next() else {
+                let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                panic!("waymark exited before listening; its log:\n{log}");
+            };
+            let line = line.unwrap();
             stdout.push(line.clone());
             if let Some(rest) = line.strip_prefix("waymark listening on http://") {
                 break rest.trim().parse().unwrap();
@@ -95,7 +97,7 @@ impl Service {
         };
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Service { child, addr, dir, stdout, stderr }
+        Service { child, addr, dir, stdout }
     }
 
     pub fn events_path(&self) -> PathBuf {
@@ -143,6 +145,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- waymark's log, for the failed test ---\n{}", self.stderr());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
