@@ -46,6 +46,56 @@ impl Stats {
     }
 }
 
+impl crate::metrics::Source for Stats {
+    fn encode(&self, e: &mut prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::metrics::{counter, gauge};
+        use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric as _};
+        use prometheus_client::metrics::counter::ConstCounter;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(e, "hits_recorded", "Hits handed to the event pipeline", get(&self.recorded))?;
+        counter(
+            e,
+            "hits_dropped",
+            "Hits lost because the event queue was full or stopped",
+            get(&self.dropped),
+        )?;
+        counter(e, "events_published", "Events accepted by the sink", get(&self.published))?;
+        counter(e, "sink_errors", "Sink operations that failed", get(&self.sink_errors))?;
+        let depth = get(&self.recorded).saturating_sub(get(&self.processed));
+        gauge(e, "queue_depth", "Hits waiting for the event pipeline", depth as i64)?;
+
+        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+        struct HitLabels {
+            kind: &'static str,
+            verdict: &'static str,
+            counted: &'static str,
+        }
+        let mut hits = e.encode_descriptor(
+            "hits",
+            "Hits judged, by kind, verdict and whether they counted",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for kind in [Kind::Open, Kind::Click, Kind::Unsubscribe] {
+            for verdict in Verdict::ALL {
+                for counted in [false, true] {
+                    let n = get(self.verdict_counter(kind, verdict, counted));
+                    if n == 0 {
+                        continue;
+                    }
+                    let labels = HitLabels {
+                        kind: kind.as_str(),
+                        verdict: verdict.as_str(),
+                        counted: if counted { "true" } else { "false" },
+                    };
+                    ConstCounter::new(n).encode(hits.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The edge's handle: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Recorder {

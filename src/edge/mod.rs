@@ -191,7 +191,7 @@ impl Edge {
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
-                Readiness::Degraded(why) => text(StatusCode::OK, format!("degraded: {}\n", why.as_str())),
+                Readiness::Degraded(why) => text(StatusCode::OK, format!("degraded: {why}\n")),
                 Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             },
             Route::NotFound => not_found(),
