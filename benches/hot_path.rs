@@ -106,6 +106,7 @@ fn whole_request(c: &mut Criterion) {
         waymark::privacy::Privacy::default(),
         1 << 20,
         std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3),
     );
     let stats = recorder.stats().clone();
     let metrics = Arc::new(waymark::metrics::Metrics::new(vec![stats]));

@@ -114,6 +114,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
         config.privacy.clone(),
         config.queue_capacity,
         config.flush_interval,
+        config.unsubscribe_durable,
     );
     let stats = recorder.stats().clone();
     sources.push(stats.clone());

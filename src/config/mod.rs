@@ -102,6 +102,8 @@ pub struct Config {
     pub unknown_hosts: UnknownHosts,
     /// Requests a minute one client may make to `/u/`.
     pub unsubscribe_rate: NonZeroU32,
+    /// How long an unsubscribe waits for its event to be durable before 503.
+    pub unsubscribe_durable: Duration,
     /// The internal listener: metrics, health and the instrument API.
     pub admin: Option<AdminSettings>,
     pub classify: classify::Settings,

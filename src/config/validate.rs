@@ -144,6 +144,8 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         &[("default", UnknownHosts::Default), ("reject", UnknownHosts::Reject)],
     )?;
     let unsubscribe_rate = c.rate("unsubscribe_rate_per_minute", raw.unsubscribe_rate_per_minute, 30)?;
+    let unsubscribe_durable =
+        c.millis("unsubscribe_durable_ms", raw.unsubscribe_durable_ms, 3_000, 60_000)?;
     let admin = match raw.admin_listen {
         None => None,
         Some(text) => {
@@ -204,6 +206,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         tenants,
         unknown_hosts,
         unsubscribe_rate,
+        unsubscribe_durable,
         admin,
         classify,
         tls,

@@ -241,8 +241,15 @@ impl Edge {
             );
         }
         let req = Request::from_parts(parts, ());
-        self.record(&req, peer, hit::Method::Post, token);
-        page(StatusCode::OK, crate::pages::UNSUBSCRIBED)
+        // Confirmed only once recorded durably; the pipeline counts and logs a failure.
+        match self.recorder.record_durably(self.hit(&req, peer, hit::Method::Post, token)).await {
+            Ok(()) => page(StatusCode::OK, crate::pages::UNSUBSCRIBED),
+            Err(_) => {
+                let mut r = page(StatusCode::SERVICE_UNAVAILABLE, crate::pages::NOT_UNSUBSCRIBED);
+                r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+                r
+            }
+        }
     }
 
     fn client_ip<B>(&self, req: &Request<B>, peer: SocketAddr) -> std::net::IpAddr {
@@ -280,15 +287,18 @@ impl Edge {
         token
     }
 
-    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
-        let hit = Hit {
+    fn hit<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) -> Hit {
+        Hit {
             token,
             at: OffsetDateTime::now_utc(),
             method,
             client_ip: Some(self.client_ip(req, peer)),
             user_agent: hit::user_agent(req.headers()),
-        };
-        if let Err(e) = self.recorder.record(hit) {
+        }
+    }
+
+    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
+        if let Err(e) = self.recorder.record(self.hit(req, peer, method, token)) {
             // Logged at powers of two so an overload cannot flood the log.
             let dropped = self.recorder.stats().dropped.load(Ordering::Relaxed);
             if dropped.is_power_of_two() {
