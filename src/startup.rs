@@ -99,7 +99,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
     let health = Arc::new(Health::default());
     let sink: Box<dyn Sink> = match &config.sink {
-        SinkSettings::File(path) => Box::new(FileSink::open(path)?),
+        SinkSettings::File(path) => Box::new(FileSink::open(path)?.rotating(config.events_rotation)),
         SinkSettings::Kafka(kafka) => {
             tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
             Box::new(KafkaSink::start(kafka.clone())?)

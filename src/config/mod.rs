@@ -85,6 +85,8 @@ pub struct Config {
     pub keys: KeySpec,
     pub data_dir: PathBuf,
     pub events_file: PathBuf,
+    /// Size-based rotation of the events file.
+    pub events_rotation: crate::sink::file::Rotation,
     pub fallback_url: Option<Destination>,
     pub queue_capacity: usize,
     pub flush_interval: Duration,

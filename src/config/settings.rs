@@ -181,6 +181,8 @@ settings! {
         keys_file: String = "WAYMARK_KEYS_FILE", "—", "file holding the key ring (one entry a line); must not be readable by others (mode 600)";
         data_dir: String = "WAYMARK_DATA_DIR", "`./waymark-data`", "where the development key ring and default events file live";
         events_file: String = "WAYMARK_EVENTS_FILE", "`{data_dir}/events.jsonl`", "JSON-lines events file";
+        events_max_bytes: u64 = "WAYMARK_EVENTS_MAX_BYTES", "none", "rotate the events file before a write would take it past this size (`events.jsonl` → `events.jsonl.1` …); lines are never split";
+        events_keep: u64 = "WAYMARK_EVENTS_KEEP", "`5`", "rotated events files kept (1 to 1000); older ones are deleted";
         fallback_url: String = "WAYMARK_FALLBACK_URL", "—", "where bad click links go instead of the error page";
         queue_capacity: u64 = "WAYMARK_QUEUE_CAPACITY", "`65536`", "hits waiting for the pipeline before new ones are dropped (counted)";
         flush_interval_ms: u64 = "WAYMARK_FLUSH_INTERVAL_MS", "`1000`", "how often the sink is flushed";

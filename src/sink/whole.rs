@@ -126,9 +126,21 @@ impl<M: Medium> WholeWriter<M> {
         self.failing
     }
 
-    /// Records kept in memory are lost, e.g. at a shutdown that cannot write them.
-    pub fn pending_bytes(&self) -> &[u8] {
-        &self.pending
+    pub fn medium(&self) -> &M {
+        &self.medium
+    }
+
+    /// Syncs what is on the medium, leaving what is pending in memory.
+    pub fn sync_written(&mut self) -> std::io::Result<()> {
+        self.medium.sync()
+    }
+
+    /// Goes on over another medium (the file reopened or rotated) that
+    /// holds `len` bytes of whole records; what is pending goes there.
+    pub fn replace(&mut self, medium: M, len: u64) -> M {
+        self.len = len;
+        self.torn = false;
+        std::mem::replace(&mut self.medium, medium)
     }
 }
 
