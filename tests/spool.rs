@@ -138,3 +138,21 @@ fn segments_removed_with_the_cursor_kept_are_noticed_and_new_events_still_counte
     assert_eq!(st["pending_records"], 1, "{st}");
     assert!(st["cursor_problem"].is_null(), "{st}");
 }
+
+#[test]
+fn replay_that_cannot_move_the_cursor_fails_and_says_why() {
+    let Ok(broker) = std::env::var("WAYMARK_TEST_KAFKA") else {
+        assert!(std::env::var("CI").is_err(), "CI must run the Kafka tests");
+        eprintln!("SKIPPED: no broker; run `. $(scripts/kafka-broker start)` first");
+        return;
+    };
+    let keys = key_entry("k1");
+    let svc = spooled(&keys, 5);
+    // The cursor is written by rename from cursor.tmp: a directory there
+    // makes every move fail, even for root (a read-only spool does too).
+    std::fs::create_dir(svc.dir.path().join("spool").join("cursor.tmp")).unwrap();
+    let replay = spool_cmd(&svc, &keys, &broker, &["replay", "--timeout-secs", "60"]);
+    let said = String::from_utf8_lossy(&replay.stderr);
+    assert!(!replay.status.success(), "{said}");
+    assert!(said.contains("5 acknowledged") && said.contains("could not be moved"), "{said}");
+}

@@ -291,3 +291,26 @@ fn a_restart_resumes_from_the_cursor() {
     assert!(shipper.caught_up());
     assert!(brokers.delivered().is_empty(), "{:?}", brokers.delivered());
 }
+
+#[test]
+fn a_cursor_that_cannot_move_is_retried_slowly_and_shown_in_readiness() {
+    let mut rig = Rig::new();
+    // Even root cannot write a file where a directory stands.
+    std::fs::create_dir(rig.spool.dir().join("cursor.tmp")).unwrap();
+    rig.publish(5, false);
+    rig.all_delivered();
+    rig.until("a failed cursor move", |r| r.spool.ledger().cursor_failing());
+    assert_eq!(rig.shipper.state.reason(), Some(Reason::CursorStuck));
+    let failures = || rig.spool.ledger().stats.cursor_failures.load(Ordering::Relaxed);
+    let (before, started) = (failures(), Instant::now());
+    for _ in 0..400 {
+        rig.shipper.turn(&rig.incoming); // at least 5 ms each, with nothing to do
+    }
+    // Bounded by the time that passed, however slow the machine: once a
+    // second (it was every turn, or five times a second).
+    let (tried, secs) = (failures() - before, started.elapsed().as_secs());
+    assert!(tried <= secs + 1, "{tried} attempts in {secs} s");
+    std::fs::remove_dir(rig.spool.dir().join("cursor.tmp")).unwrap();
+    rig.until("the cursor moves again", |r| !r.spool.ledger().cursor_failing());
+    assert_eq!(rig.shipper.state.reason(), None);
+}
