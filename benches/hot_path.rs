@@ -108,9 +108,10 @@ fn whole_request(c: &mut Criterion) {
         waymark::privacy::Privacy::default(),
         1 << 20,
         std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3),
     );
     let stats = recorder.stats().clone();
-    let metrics = Arc::new(waymark::metrics::Metrics::new(stats, Arc::default(), vec![]));
+    let metrics = Arc::new(waymark::metrics::Metrics::new(vec![stats]));
     let tenancy = waymark::tenancy::Tenancy::new(
         Arc::new(ring),
         waymark::destination::Destination::parse("http://127.0.0.1:8080").unwrap(),

@@ -2,9 +2,12 @@
 //! `_total` counters, seconds for durations) and served as text on the
 //! internal admin listener only, never on the public one.
 //!
-//! Hot-path counters stay where they are cheapest (atomics in the pipeline's
-//! [`Stats`], the classifier's [`CacheStats`]); a [`Collector`] reads them
-//! at scrape time, so recording a hit never takes a lock for metrics.
+//! One way to collect: the edge's request metrics live here; every other
+//! component keeps its counters where they are cheapest (atomics) and
+//! offers them as a [`Source`], read at scrape time, so recording a hit
+//! never takes a lock for metrics. This module knows the sources only
+//! through that trait (the pipeline, the sinks and the classifier's cache
+//! each implement it), so nothing here imports upward.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,9 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::classify::{CacheStats, Verdict};
-use crate::pipeline::Stats;
-use crate::token::Kind;
+use crate::classify::CacheStats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -37,7 +38,7 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-/// A source of extra metrics (the Kafka sink, the spool) read at scrape time.
+/// A component's metrics, read at scrape time.
 pub trait Source: std::fmt::Debug + Send + Sync + 'static {
     fn encode(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error>;
 }
@@ -61,7 +62,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(pipeline: Arc<Stats>, cache: Arc<CacheStats>, sources: Vec<Arc<dyn Source>>) -> Metrics {
+    pub fn new(sources: Vec<Arc<dyn Source>>) -> Metrics {
         let mut registry = Registry::with_prefix("waymark");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered, by route and status", requests.clone());
@@ -75,7 +76,7 @@ impl Metrics {
         );
         let token_failures = Family::<ReasonLabels, Counter>::default();
         registry.register("token_failures", "Tokens refused, by reason", token_failures.clone());
-        registry.register_collector(Box::new(Scraped { pipeline, cache, sources }));
+        registry.register_collector(Box::new(Scraped { sources }));
         Metrics { registry, requests, latency, token_failures }
     }
 
@@ -91,8 +92,6 @@ impl Metrics {
 /// Reads the atomics at scrape time.
 #[derive(Debug)]
 struct Scraped {
-    pipeline: Arc<Stats>,
-    cache: Arc<CacheStats>,
     sources: Vec<Arc<dyn Source>>,
 }
 
@@ -108,56 +107,6 @@ pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> R
 
 impl Collector for Scraped {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let s = &self.pipeline;
-        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut e, "hits_recorded", "Hits handed to the event pipeline", get(&s.recorded))?;
-        counter(
-            &mut e,
-            "hits_dropped",
-            "Hits lost because the event queue was full or stopped",
-            get(&s.dropped),
-        )?;
-        counter(&mut e, "events_published", "Events accepted by the sink", get(&s.published))?;
-        counter(&mut e, "sink_errors", "Sink operations that failed", get(&s.sink_errors))?;
-        let depth = get(&s.recorded).saturating_sub(get(&s.processed));
-        gauge(&mut e, "queue_depth", "Hits waiting for the event pipeline", depth as i64)?;
-        counter(
-            &mut e,
-            "ua_cache_hits",
-            "User-agent look-ups answered from the cache",
-            get(&self.cache.hits),
-        )?;
-        counter(&mut e, "ua_cache_misses", "User-agent look-ups computed", get(&self.cache.misses))?;
-
-        #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-        struct HitLabels {
-            kind: &'static str,
-            verdict: &'static str,
-            counted: &'static str,
-        }
-        let hits = e.encode_descriptor(
-            "hits",
-            "Hits judged, by kind, verdict and whether they counted",
-            None,
-            prometheus_client::metrics::MetricType::Counter,
-        )?;
-        let mut hits = hits;
-        for kind in [Kind::Open, Kind::Click, Kind::Unsubscribe] {
-            for verdict in Verdict::ALL {
-                for counted in [false, true] {
-                    let n = get(s.verdict_counter(kind, verdict, counted));
-                    if n == 0 {
-                        continue;
-                    }
-                    let labels = HitLabels {
-                        kind: kind.as_str(),
-                        verdict: verdict.as_str(),
-                        counted: if counted { "true" } else { "false" },
-                    };
-                    ConstCounter::new(n).encode(hits.encode_family(&labels)?)?;
-                }
-            }
-        }
         for source in &self.sources {
             source.encode(&mut e)?;
         }
@@ -165,9 +114,24 @@ impl Collector for Scraped {
     }
 }
 
+impl Source for CacheStats {
+    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        counter(
+            e,
+            "ua_cache_hits",
+            "User-agent look-ups answered from the cache",
+            self.hits.load(Ordering::Relaxed),
+        )?;
+        counter(e, "ua_cache_misses", "User-agent look-ups computed", self.misses.load(Ordering::Relaxed))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::Verdict;
+    use crate::pipeline::Stats;
+    use crate::token::Kind;
 
     #[test]
     fn exposition_names_follow_prometheus_conventions() {
@@ -175,7 +139,7 @@ mod tests {
         stats.recorded.fetch_add(3, Ordering::Relaxed);
         stats.processed.fetch_add(1, Ordering::Relaxed);
         stats.verdict_counter(Kind::Click, Verdict::Scanner, false).fetch_add(2, Ordering::Relaxed);
-        let m = Metrics::new(stats, Arc::default(), vec![]);
+        let m = Metrics::new(vec![stats, Arc::new(CacheStats::default())]);
         m.requests.get_or_create(&RequestLabels { route: "pixel", status: 200 }).inc();
         m.latency.get_or_create(&RouteLabels { route: "pixel" }).observe(0.0001);
         m.token_failures.get_or_create(&ReasonLabels { reason: "forged" }).inc();

@@ -59,6 +59,16 @@ pub const UNSUBSCRIBED: &str = page!(
      <p>You will not receive these emails any more. You can close this page.</p>"
 );
 
+/// Shown when an unsubscribe could not be recorded (answered 503): it
+/// must never claim success, and says what to do.
+pub const NOT_UNSUBSCRIBED: &str = page!(
+    "Unsubscribe did not work",
+    "",
+    "<h1 role=\"alert\">Your unsubscribe did not go through</h1>\
+     <p>We could not record it just now, so you are still subscribed.</p>\
+     <p>Please try again in a minute, by reloading this page or following the link in the email again.</p>"
+);
+
 /// Content-Security-Policy for every page: nothing but its own inline style
 /// and, for forms, posting back to itself.
 pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -18,7 +18,7 @@ use crate::ratelimit::ClientLimit;
 use crate::server::{Limits, Listeners, ServeError, Server};
 use crate::sink::Sink;
 use crate::sink::file::FileSink;
-use crate::sink::kafka::{KafkaSettings, KafkaSink, KafkaStats};
+use crate::sink::kafka::{KafkaSettings, KafkaSink};
 use crate::tenancy::{self, Tenancy};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,25 +98,27 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let cache_stats = classifier.cache_stats().clone();
     tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
     let health = Arc::new(Health::default());
-    let mut sources: Vec<Arc<dyn crate::metrics::Source>> = Vec::new();
     let sink: Box<dyn Sink> = match &config.sink {
-        SinkSettings::File(path) => Box::new(FileSink::open(path)?),
+        SinkSettings::File(path) => Box::new(FileSink::open(path)?.rotating(config.events_rotation)),
         SinkSettings::Kafka(kafka) => {
-            let stats = Arc::new(KafkaStats::default());
-            sources.push(stats.clone());
             tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
-            Box::new(KafkaSink::start(kafka.clone(), health.clone(), stats)?)
+            Box::new(KafkaSink::start(kafka.clone())?)
         }
     };
+    health.register_from(sink.state());
+    let mut sources: Vec<Arc<dyn crate::metrics::Source>> = vec![cache_stats];
+    sources.extend(sink.metrics());
     let (recorder, pipeline) = Pipeline::start(
         classifier,
         sink,
         config.privacy.clone(),
         config.queue_capacity,
         config.flush_interval,
+        config.unsubscribe_durable,
     );
     let stats = recorder.stats().clone();
-    let metrics = Arc::new(Metrics::new(stats.clone(), cache_stats, sources));
+    sources.push(stats.clone());
+    let metrics = Arc::new(Metrics::new(sources));
     let admin = config.admin.as_ref().map(|a| {
         (
             a.listen,

@@ -57,8 +57,10 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
+        // A unit test module may reach anywhere; the library may not.
+        let text = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
         let deps = graph.entry(module.clone()).or_default();
-        deps.extend(imports(&text).into_iter().filter(|d| *d != module));
+        deps.extend(imports(text).into_iter().filter(|d| *d != module));
     }
     graph
 }

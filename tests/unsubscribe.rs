@@ -112,3 +112,72 @@ fn unsubscribe_is_rate_limited_per_client_but_pixels_never_are() {
     let pixel = format!("/o/{}", token::seal(&r, &open_claims("m-rate")).unwrap());
     assert!((0..20).all(|_| svc.get(&pixel, &[]).status == 200), "pixels are never limited");
 }
+
+const ONE_CLICK: &[u8] = b"List-Unsubscribe=One-Click";
+const FORM: &str = "application/x-www-form-urlencoded";
+
+#[test]
+fn an_unsubscribe_the_sink_cannot_record_is_answered_503_never_confirmed() {
+    let keys = key_entry("k1");
+    // Every write to /dev/full fails with ENOSPC.
+    let svc = Service::start_with_stderr(&keys, &[("WAYMARK_EVENTS_FILE", "/dev/full")]);
+    let path = format!("/u/{}", token::seal(&ring(&keys), &unsubscribe_claims("m-full")).unwrap());
+    let r = post(&svc, &path, FORM, ONE_CLICK);
+    assert_eq!((r.status, r.header("retry-after")), (503, Some("10")));
+    assert!(
+        r.text().contains("did not go through") && !r.text().contains("You are unsubscribed"),
+        "{}",
+        r.text()
+    );
+    assert!(r.header("content-security-policy").is_some());
+    assert_eq!(svc.get(&path, &[]).status, 200, "the page itself is still shown");
+    assert!(svc.stderr().contains("an unsubscribe was NOT recorded"), "{}", svc.stderr());
+}
+
+/// SIGKILL, at once.
+fn kill(svc: &mut Service) {
+    std::process::Command::new("kill").arg("-KILL").arg(svc.child.id().to_string()).status().unwrap();
+    svc.child.wait().unwrap();
+}
+
+#[test]
+fn a_sigkill_right_after_the_confirmation_loses_no_unsubscribe() {
+    let keys = key_entry("k1");
+    // Nothing is written by the flush interval during the test: only the
+    // unsubscribe's own sync can have put it on disk.
+    let mut svc = Service::start(&keys, &[("WAYMARK_FLUSH_INTERVAL_MS", "3600000")]);
+    let path = format!("/u/{}", token::seal(&ring(&keys), &unsubscribe_claims("m-kill")).unwrap());
+    assert_eq!(post(&svc, &path, FORM, ONE_CLICK).status, 200);
+    kill(&mut svc);
+    let events = read_events(&svc.events_path());
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "email.unsubscribed");
+}
+
+#[test]
+fn a_sigkill_right_after_the_confirmation_loses_no_unsubscribe_with_kafka() {
+    let keys = key_entry("k1");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let nowhere = format!("127.0.0.1:{port}");
+    let mut svc = Service::start_with_stderr(
+        &keys,
+        &[
+            ("WAYMARK_FLUSH_INTERVAL_MS", "3600000"),
+            ("WAYMARK_SPOOL_FSYNC_MS", "3600000"),
+            ("WAYMARK_KAFKA_BROKERS", &nowhere),
+        ],
+    );
+    let path = format!("/u/{}", token::seal(&ring(&keys), &unsubscribe_claims("m-kill-kafka")).unwrap());
+    assert_eq!(post(&svc, &path, FORM, ONE_CLICK).status, 200);
+    kill(&mut svc);
+    let status = waymark(
+        &["spool", "status"],
+        &[
+            ("WAYMARK_DATA_DIR", svc.dir.path().to_str().unwrap()),
+            ("WAYMARK_KEYS", &keys),
+            ("WAYMARK_KAFKA_BROKERS", &nowhere),
+        ],
+    );
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["pending_records"], 1, "the unsubscribe is in the spool: {status}");
+}

@@ -74,7 +74,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(args) => sign::run(&args),
         Command::Classify(args) => classify::run(args),
         Command::Rewrite(args) => rewrite::run(&args),
-        Command::Spool { action, config } => spool::run(action, load_config(config.as_deref())?),
+        Command::Spool { action, config } => {
+            let config = load_config(config.as_deref())?;
+            init_logging(&config)?; // damage passed over and broker errors are shown
+            spool::run(action, config)
+        }
         Command::Healthcheck { url } => healthcheck::run(&url),
     }
 }

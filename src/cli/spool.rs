@@ -1,6 +1,8 @@
 //! `waymark spool status | replay`: inspect or drain the Kafka sink's disk
 //! spool while the service is stopped.
 
+use std::io::Write as _;
+
 use anyhow::bail;
 
 use crate::config::{Config, SinkSettings};
@@ -23,13 +25,17 @@ pub fn run(action: SpoolAction, config: Config) -> anyhow::Result<()> {
     };
     match action {
         SpoolAction::Status => {
-            println!("{}", serde_json::to_string_pretty(&crate::sink::spool::status(&kafka.spool_dir)?)?);
+            let status = serde_json::to_string_pretty(&crate::sink::spool::status(&kafka.spool_dir)?)?;
+            // A reader that stops early (`| head`) is not an error.
+            match writeln!(std::io::stdout(), "{status}") {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                other => other?,
+            }
         }
         SpoolAction::Replay { timeout_secs } => {
             crate::startup::probe_kafka(&kafka)?;
-            let (sent, acked) =
-                crate::sink::kafka::replay_now(kafka, std::time::Duration::from_secs(timeout_secs))?;
-            println!("sent {sent} events, {acked} acknowledged");
+            let r = crate::sink::kafka::replay_now(kafka, std::time::Duration::from_secs(timeout_secs))?;
+            println!("sent {} events, {} acknowledged", r.sent, r.acknowledged);
         }
     }
     Ok(())

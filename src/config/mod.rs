@@ -87,6 +87,8 @@ pub struct Config {
     pub keys: KeySpec,
     pub data_dir: PathBuf,
     pub events_file: PathBuf,
+    /// Size-based rotation of the events file.
+    pub events_rotation: crate::sink::file::Rotation,
     pub fallback_url: Option<Destination>,
     pub queue_capacity: usize,
     pub flush_interval: Duration,
@@ -104,6 +106,8 @@ pub struct Config {
     pub unknown_hosts: UnknownHosts,
     /// Requests a minute one client may make to `/u/`.
     pub unsubscribe_rate: NonZeroU32,
+    /// How long an unsubscribe waits for its event to be durable before 503.
+    pub unsubscribe_durable: Duration,
     /// The internal listener: metrics, health and the instrument API.
     pub admin: Option<AdminSettings>,
     pub classify: classify::Settings,

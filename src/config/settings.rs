@@ -181,6 +181,8 @@ settings! {
         keys_file: String = "WAYMARK_KEYS_FILE", "—", "file holding the key ring (one entry a line); must not be readable by others (mode 600)";
         data_dir: String = "WAYMARK_DATA_DIR", "`./waymark-data`", "where the development key ring and default events file live";
         events_file: String = "WAYMARK_EVENTS_FILE", "`{data_dir}/events.jsonl`", "JSON-lines events file";
+        events_max_bytes: u64 = "WAYMARK_EVENTS_MAX_BYTES", "none", "rotate the events file before a write would take it past this size (`events.jsonl` → `events.jsonl.1` …); lines are never split";
+        events_keep: u64 = "WAYMARK_EVENTS_KEEP", "`5`", "rotated events files kept (1 to 1000); older ones are deleted";
         fallback_url: String = "WAYMARK_FALLBACK_URL", "—", "where bad click links go instead of the error page";
         queue_capacity: u64 = "WAYMARK_QUEUE_CAPACITY", "`65536`", "hits waiting for the pipeline before new ones are dropped (counted)";
         flush_interval_ms: u64 = "WAYMARK_FLUSH_INTERVAL_MS", "`1000`", "how often the sink is flushed";
@@ -214,6 +216,7 @@ settings! {
         admin_token: String = "WAYMARK_ADMIN_TOKEN", "none (API off)", "bearer token for `/v1/*`, at least 16 characters, compared in constant time; white space around it (a file's last new line) is trimmed", secret;
         admin_max_body_bytes: u64 = "WAYMARK_ADMIN_MAX_BODY_BYTES", "2 MiB", "largest instrument request";
         unsubscribe_rate_per_minute: u64 = "WAYMARK_UNSUBSCRIBE_RATE_PER_MINUTE", "`30`", "requests a minute one client (IPv4 address, IPv6 /64) may make to `/u/`; beyond it 429 with `Retry-After` (pixels and clicks are never limited)";
+        unsubscribe_durable_ms: u64 = "WAYMARK_UNSUBSCRIBE_DURABLE_MS", "`3000`", "how long `POST /u/` waits for its event to be durable (written and synced by the events file, or the spool) before answering 503 with `Retry-After` instead of confirming";
         admin_rate_per_minute: u64 = "WAYMARK_ADMIN_RATE_PER_MINUTE", "`600`", "the same for `/v1/*` on the admin listener";
         unknown_hosts: String = "WAYMARK_UNKNOWN_HOSTS", "`default`", "`default` or `reject` for hosts no tenant claims";
         spool_dir: String = "WAYMARK_SPOOL_DIR", "`{data_dir}/spool`", "the spool";

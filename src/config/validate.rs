@@ -101,6 +101,13 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let fallback_url = c.url("fallback_url", raw.fallback_url)?;
     let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./waymark-data".into()));
     let events_file = raw.events_file.map(PathBuf::from).unwrap_or_else(|| data_dir.join("events.jsonl"));
+    let events_rotation = crate::sink::file::Rotation {
+        max_bytes: match raw.events_max_bytes {
+            None => None,
+            n => Some(c.positive("events_max_bytes", n, 0, 1 << 50)?),
+        },
+        keep: c.positive("events_keep", raw.events_keep, 5, 1_000)? as usize,
+    };
 
     let queue_capacity = c.positive("queue_capacity", raw.queue_capacity, 65_536, 16 << 20)? as usize;
     let flush_interval = c.millis("flush_interval_ms", raw.flush_interval_ms, 1_000, 3_600_000)?;
@@ -144,6 +151,8 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         &[("default", UnknownHosts::Default), ("reject", UnknownHosts::Reject)],
     )?;
     let unsubscribe_rate = c.rate("unsubscribe_rate_per_minute", raw.unsubscribe_rate_per_minute, 30)?;
+    let unsubscribe_durable =
+        c.millis("unsubscribe_durable_ms", raw.unsubscribe_durable_ms, 3_000, 60_000)?;
     let admin = match raw.admin_listen {
         None => None,
         Some(text) => {
@@ -190,6 +199,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         keys,
         data_dir,
         events_file,
+        events_rotation,
         fallback_url,
         queue_capacity,
         flush_interval,
@@ -204,6 +214,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         tenants,
         unknown_hosts,
         unsubscribe_rate,
+        unsubscribe_durable,
         admin,
         classify,
         tls,

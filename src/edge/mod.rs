@@ -191,7 +191,7 @@ impl Edge {
             Route::Healthz => text(StatusCode::OK, "ok\n"),
             Route::Readyz => match self.health.readiness() {
                 Readiness::Ready => text(StatusCode::OK, "ready\n"),
-                Readiness::Degraded(why) => text(StatusCode::OK, format!("degraded: {}\n", why.as_str())),
+                Readiness::Degraded(why) => text(StatusCode::OK, format!("degraded: {why}\n")),
                 Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
             },
             Route::NotFound => not_found(),
@@ -241,8 +241,15 @@ impl Edge {
             );
         }
         let req = Request::from_parts(parts, ());
-        self.record(&req, peer, hit::Method::Post, token);
-        page(StatusCode::OK, crate::pages::UNSUBSCRIBED)
+        // Confirmed only once recorded durably; the pipeline counts and logs a failure.
+        match self.recorder.record_durably(self.hit(&req, peer, hit::Method::Post, token)).await {
+            Ok(()) => page(StatusCode::OK, crate::pages::UNSUBSCRIBED),
+            Err(_) => {
+                let mut r = page(StatusCode::SERVICE_UNAVAILABLE, crate::pages::NOT_UNSUBSCRIBED);
+                r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("10"));
+                r
+            }
+        }
     }
 
     fn client_ip<B>(&self, req: &Request<B>, peer: SocketAddr) -> std::net::IpAddr {
@@ -280,17 +287,20 @@ impl Edge {
         token
     }
 
-    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
+    fn hit<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) -> Hit {
         let at = OffsetDateTime::now_utc();
-        let hit = Hit {
+        Hit {
             id: hit::HitId::mint(at),
             token,
             at,
             method,
             client_ip: Some(self.client_ip(req, peer)),
             user_agent: hit::user_agent(req.headers()),
-        };
-        if let Err(e) = self.recorder.record(hit) {
+        }
+    }
+
+    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
+        if let Err(e) = self.recorder.record(self.hit(req, peer, method, token)) {
             // Logged at powers of two so an overload cannot flood the log.
             let dropped = self.recorder.stats().dropped.load(Ordering::Relaxed);
             if dropped.is_power_of_two() {
