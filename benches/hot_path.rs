@@ -102,14 +102,14 @@ fn whole_request(c: &mut Criterion) {
     let path = format!("/o/{}.gif", token::seal(&ring, &open).unwrap());
     let sink = Box::new(waymark::sink::file::FileSink::open(std::path::Path::new("/dev/null")).unwrap());
     let classifier = Classifier::new(&Settings::default()).unwrap();
-    let (recorder, _pipeline) = waymark::pipeline::Pipeline::start(
-        classifier,
-        sink,
-        waymark::privacy::Privacy::default(),
-        1 << 20,
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(3),
-    );
+    let options = waymark::pipeline::Options {
+        privacy: waymark::privacy::Privacy::default(),
+        capacity: 1 << 20,
+        flush_interval: std::time::Duration::from_secs(1),
+        durable_within: std::time::Duration::from_secs(3),
+        judge_threads: 1,
+    };
+    let (recorder, _pipeline) = waymark::pipeline::Pipeline::start(classifier, sink, options);
     let stats = recorder.stats().clone();
     let metrics = Arc::new(waymark::metrics::Metrics::new(vec![stats]));
     let tenancy = waymark::tenancy::Tenancy::new(

@@ -13,7 +13,7 @@ use crate::edge::{ClientAddress, Edge};
 use crate::health::Health;
 use crate::keys::KeyRing;
 use crate::metrics::Metrics;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{self, Pipeline};
 use crate::ratelimit::ClientLimit;
 use crate::server::{Limits, Listeners, ServeError, Server};
 use crate::sink::Sink;
@@ -108,14 +108,14 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     health.register_from(sink.state());
     let mut sources: Vec<Arc<dyn crate::metrics::Source>> = vec![cache_stats];
     sources.extend(sink.metrics());
-    let (recorder, pipeline) = Pipeline::start(
-        classifier,
-        sink,
-        config.privacy.clone(),
-        config.queue_capacity,
-        config.flush_interval,
-        config.unsubscribe_durable,
-    );
+    let options = pipeline::Options {
+        privacy: config.privacy.clone(),
+        capacity: config.queue_capacity,
+        flush_interval: config.flush_interval,
+        durable_within: config.unsubscribe_durable,
+        judge_threads: config.judge_threads,
+    };
+    let (recorder, pipeline) = Pipeline::start(classifier, sink, options);
     let stats = recorder.stats().clone();
     sources.push(stats.clone());
     let metrics = Arc::new(Metrics::new(sources));

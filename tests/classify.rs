@@ -20,7 +20,9 @@ struct Harness {
 impl Harness {
     fn start(env: &[(&str, &str)]) -> Harness {
         let keys = key_entry("k1");
-        let mut all = vec![("WAYMARK_TRUSTED_PROXIES", "127.0.0.1/32")];
+        // Judged on three threads, sharded by message: every behaviour below
+        // must hold as on one (issue 19).
+        let mut all = vec![("WAYMARK_TRUSTED_PROXIES", "127.0.0.1/32"), ("WAYMARK_JUDGE_THREADS", "3")];
         all.extend_from_slice(env);
         Harness { svc: Service::start(&keys, &all), ring: ring(&keys) }
     }

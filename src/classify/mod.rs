@@ -242,8 +242,8 @@ pub struct Classifier {
     rule_file: Option<RuleFile>,
     checked_at: Instant,
     rules_version: Arc<str>,
-    networks: NetworkList,
-    databases: Databases,
+    networks: Arc<NetworkList>,
+    databases: Arc<Databases>,
     cache: moka::sync::Cache<String, Arc<UaFacts>, foldhash::fast::RandomState>,
     cache_stats: Arc<CacheStats>,
     woothee: woothee::parser::Parser,
@@ -276,8 +276,8 @@ impl Classifier {
             rule_file,
             checked_at: Instant::now(),
             rules_version,
-            networks,
-            databases,
+            networks: Arc::new(networks),
+            databases: Arc::new(databases),
             // foldhash instead of SipHash: a randomly seeded hash is all a cache
             // keyed by user agents needs, at a fraction of the cost.
             cache: moka::sync::Cache::builder()
@@ -289,6 +289,26 @@ impl Classifier {
             prefetch_window: settings.prefetch_window,
             policy: settings.policy.clone(),
         })
+    }
+
+    /// A classifier for another judge thread: the same rules, networks,
+    /// databases and user-agent cache (shared, not copied), and behaviour
+    /// state of its own, for the messages that thread owns.
+    pub fn shard(&self) -> Classifier {
+        Classifier {
+            rules: self.rules.clone(),
+            rule_file: self.rule_file.clone(),
+            checked_at: self.checked_at,
+            rules_version: self.rules_version.clone(),
+            networks: self.networks.clone(),
+            databases: self.databases.clone(),
+            cache: self.cache.clone(),
+            cache_stats: self.cache_stats.clone(),
+            woothee: woothee::parser::Parser::new(),
+            behaviour: Behaviour::new(*self.behaviour.windows()),
+            prefetch_window: self.prefetch_window,
+            policy: self.policy.clone(),
+        }
     }
 
     pub fn rules_version(&self) -> &str {

@@ -161,7 +161,7 @@ impl Rules {
 /// A rule file on disk, reloaded when its modification time or size
 /// changes. A file that fails to parse on reload is logged and the rules
 /// in force stay: a typo must not switch classification off.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RuleFile {
     path: PathBuf,
     stamp: Option<(SystemTime, u64)>,

@@ -108,6 +108,8 @@ pub struct Config {
     pub unsubscribe_rate: NonZeroU32,
     /// How long an unsubscribe waits for its event to be durable before 503.
     pub unsubscribe_durable: Duration,
+    /// Threads judging hits, sharded by message.
+    pub judge_threads: usize,
     /// The internal listener: metrics, health and the instrument API.
     pub admin: Option<AdminSettings>,
     pub classify: classify::Settings,

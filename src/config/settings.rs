@@ -184,7 +184,8 @@ settings! {
         events_max_bytes: u64 = "WAYMARK_EVENTS_MAX_BYTES", "none", "rotate the events file before a write would take it past this size (`events.jsonl` → `events.jsonl.1` …); lines are never split";
         events_keep: u64 = "WAYMARK_EVENTS_KEEP", "`5`", "rotated events files kept (1 to 1000); older ones are deleted";
         fallback_url: String = "WAYMARK_FALLBACK_URL", "—", "where bad click links go instead of the error page";
-        queue_capacity: u64 = "WAYMARK_QUEUE_CAPACITY", "`65536`", "hits waiting for the pipeline before new ones are dropped (counted)";
+        queue_capacity: u64 = "WAYMARK_QUEUE_CAPACITY", "`65536`", "hits waiting for the judge threads (shared out among them) before new ones are dropped (counted)";
+        judge_threads: u64 = "WAYMARK_JUDGE_THREADS", "half the cores, at least 1", "threads that judge hits; each owns the messages whose tenant and id hash to it, so a message's hits are judged together and in order";
         flush_interval_ms: u64 = "WAYMARK_FLUSH_INTERVAL_MS", "`1000`", "how often the sink is flushed";
         shutdown_grace_ms: u64 = "WAYMARK_SHUTDOWN_GRACE_MS", "`10000`", "how long in-flight requests may take at shutdown";
         header_read_timeout_ms: u64 = "WAYMARK_HEADER_READ_TIMEOUT_MS", "`10000`", "time a client has to send its request head, and longest a connection may sit silent (before its first byte, between keep-alive requests, in a TLS handshake, or with no HTTP/2 stream open)";

@@ -151,6 +151,9 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         &[("default", UnknownHosts::Default), ("reject", UnknownHosts::Reject)],
     )?;
     let unsubscribe_rate = c.rate("unsubscribe_rate_per_minute", raw.unsubscribe_rate_per_minute, 30)?;
+    // Half the cores: the other half answers requests.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let judge_threads = c.positive("judge_threads", raw.judge_threads, (cores / 2).max(1), 256)? as usize;
     let unsubscribe_durable =
         c.millis("unsubscribe_durable_ms", raw.unsubscribe_durable_ms, 3_000, 60_000)?;
     let admin = match raw.admin_listen {
@@ -215,6 +218,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         unknown_hosts,
         unsubscribe_rate,
         unsubscribe_durable,
+        judge_threads,
         admin,
         classify,
         tls,
