@@ -14,36 +14,36 @@
 //! - [`sink`]: where events go, behind one trait: the JSON-lines file by
 //!   default, or Kafka behind a write-ahead disk spool.
 //! - [`config`]: every setting declared once, read from file and
-//!   environment, validated; [`startup`] turns a config into a running
-//!   [`server`], which accepts connections and shuts down in order.
-//! - [`minting`] and [`rewrite`]: the sending side, one message described
-//!   once and instrumented; [`admin`] serves it over HTTP with `/metrics`,
+//!   environment, validated; `startup` turns a config into a running
+//!   `server`, which accepts connections and shuts down in order.
+//! - `minting` and [`rewrite`]: the sending side, one message described
+//!   once and instrumented; `admin` serves it over HTTP with `/metrics`,
 //!   on the internal listener only.
-//! - [`metrics`], [`health`], [`privacy`], [`ratelimit`], [`tls`],
-//!   [`pages`]: operations.
+//! - [`metrics`], `health`, [`privacy`], [`ratelimit`], `tls`,
+//!   `pages`: operations.
 //! - [`cli`]: the commands; nothing in the library imports it.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod edge;
 pub mod event;
-pub mod health;
+mod health;
 pub mod hit;
 pub mod keys;
 pub mod metrics;
-pub mod minting;
+mod minting;
 mod pages;
 pub mod pipeline;
 pub mod privacy;
 pub mod ratelimit;
 pub mod rewrite;
-pub mod server;
+mod server;
 pub mod sink;
-pub mod startup;
+mod startup;
 pub mod tenancy;
 mod tls;
 pub mod token;

@@ -1,6 +1,6 @@
 //! Every setting declared once: its file key, its environment variable, the
 //! default and the effect the README shows, and whether its value is a
-//! secret. [`settings!`] turns one declaration into the raw struct's field,
+//! secret. `settings!` turns one declaration into the raw struct's field,
 //! the environment override and the row of the README's reference table, so
 //! the four can no longer drift apart.
 //!

@@ -1,4 +1,4 @@
-//! The HTTP edge: one hyper [`Service`] that routes a request once, answers
+//! The HTTP edge: one hyper [`Service`](hyper::service::Service) that routes a request once, answers
 //! it at once, hands the hit to the pipeline, and records the request's
 //! metrics once.
 //!

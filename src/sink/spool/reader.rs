@@ -1,6 +1,6 @@
 //! Reads records back in order from a position, across segments, passing
 //! over damage: a bad record costs its own bytes, and the reader goes on
-//! with the next valid record (see [`frame`](super::frame)).
+//! with the next valid record (see [`super::frame`]).
 
 use std::fs::File;
 use std::io::{Read as _, Seek as _, SeekFrom};
