@@ -87,11 +87,12 @@ def render(values: dict | None, kube: str, api_versions: list[str] | None = None
 
 
 def known_env_vars() -> set[str]:
-    """The WAYMARK_* variables waymark reads: config.rs's table and clap's env attributes."""
+    """The WAYMARK_* variables waymark reads: the settings declared in src/config/settings.rs
+    (`name: Type = "WAYMARK_…", …`) and clap's env attributes."""
     names = set()
     for path in pathlib.Path(os.environ.get("WAYMARK_SRC", ROOT / "src")).rglob("*.rs"):
         text = path.read_text()
-        names.update(re.findall(r'\(\s*"(WAYMARK_[A-Z0-9_]+)"\s*,\s*"', text))
+        names.update(re.findall(r'=\s*"(WAYMARK_[A-Z0-9_]+)"\s*,', text))
         names.update(re.findall(r'env\s*=\s*"(WAYMARK_[A-Z0-9_]+)"', text))
     return names
 
