@@ -1,6 +1,6 @@
 //! Abuse limits over real sockets: slow or silent clients are cut off at
 //! the header read timeout, oversized request heads are refused, and the
-//! connection cap holds.
+//! connection cap holds against working clients but not idle ones.
 
 mod support;
 
@@ -81,14 +81,29 @@ fn oversized_request_heads_are_refused() {
     assert_eq!(svc.get("/healthz", &[]).status, 200);
 }
 
+/// The cap holds against clients at work: two connections each in the
+/// middle of a request (an unsubscribe whose body has not arrived) keep a
+/// third waiting until one of them goes.
 #[test]
-fn the_connection_cap_holds_and_frees_up() {
+fn the_connection_cap_holds_against_working_clients_and_frees_up() {
+    let keys = key_entry("k1");
     let svc = Service::start(
-        &key_entry("k1"),
+        &keys,
         &[("WAYMARK_MAX_CONNECTIONS", "2"), ("WAYMARK_HEADER_READ_TIMEOUT_MS", "60000")],
     );
-    let hold_a = TcpStream::connect(svc.addr).unwrap();
-    let hold_b = TcpStream::connect(svc.addr).unwrap();
+    let claims =
+        waymark::token::Claims { target: waymark::token::Target::Unsubscribe, ..open_claims("m-cap") };
+    let t = waymark::token::seal(&ring(&keys), &claims).unwrap();
+    let mid_request = || {
+        let mut s = TcpStream::connect(svc.addr).unwrap();
+        let head = format!(
+            "POST /u/{t} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 26\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s
+    };
+    let hold_a = mid_request();
+    let hold_b = mid_request();
     std::thread::sleep(Duration::from_millis(200));
     // The kernel accepts the third connection, but waymark does not serve it.
     let mut third = TcpStream::connect(svc.addr).unwrap();
@@ -101,4 +116,27 @@ fn the_connection_cap_holds_and_frees_up() {
     let (answer, _) = read_until_closed(&mut third, Duration::from_secs(5));
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
     drop(hold_b);
+}
+
+/// Clients doing nothing cannot fill the cap (issue 18): at the cap, the
+/// connections with no request in flight are closed to make room.
+#[test]
+fn clients_doing_nothing_cannot_fill_the_cap() {
+    let svc = Service::start(
+        &key_entry("k1"),
+        &[("WAYMARK_MAX_CONNECTIONS", "2"), ("WAYMARK_HEADER_READ_TIMEOUT_MS", "60000")],
+    );
+    let mut silent_a = TcpStream::connect(svc.addr).unwrap();
+    let mut silent_b = TcpStream::connect(svc.addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(svc.addr).unwrap();
+    third.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let (answer, took) = read_until_closed(&mut third, Duration::from_secs(20));
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
+    assert!(took < Duration::from_secs(20), "served only when the silent ones timed out");
+    // The silent ones were closed, not served.
+    for s in [&mut silent_a, &mut silent_b] {
+        let (said, _) = read_until_closed(s, Duration::from_secs(5));
+        assert!(said.is_empty(), "{}", String::from_utf8_lossy(&said));
+    }
 }

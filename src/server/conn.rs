@@ -9,9 +9,9 @@
 //! ([`Activity`]), and one with none in flight for the idle timeout is shut
 //! down gracefully (GOAWAY), then dropped if it has not finished within the
 //! same time again (streams stuck behind a zero flow-control window). When
-//! the connection cap is reached, connections with nothing in flight are
-//! asked to close at once ([`Shed`]), so clients doing nothing cannot keep
-//! working ones out.
+//! the connection cap is reached, connections with nothing in flight for
+//! half a second are asked to close, and asked again while the cap lasts
+//! ([`Shed`]), so clients doing nothing cannot keep working ones out.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,6 +42,12 @@ pub enum App {
     Edge(Arc<Edge>),
     Admin(Arc<Admin>),
 }
+
+/// How long a connection must have had nothing in flight to be closed to
+/// make room at the cap.
+const SHED_AFTER: Duration = Duration::from_millis(500);
+/// How often, at the cap, idle connections are asked again.
+const SHED_EVERY: Duration = Duration::from_millis(100);
 
 /// Asks idle connections to close now: bumped when the cap is reached.
 pub type Shed = watch::Sender<u64>;
@@ -182,6 +188,8 @@ impl Connections {
         tokio::pin!(conn);
         let mut shed = self.shed.subscribe();
         let idle = self.idle_timeout;
+        // A keep-alive connection between two requests is not shed at once.
+        let shed_after = SHED_AFTER.min(idle);
         let check = tokio::time::sleep(idle);
         tokio::pin!(check);
         let mut closing = false;
@@ -195,7 +203,7 @@ impl Connections {
                     check.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
                 }
                 _ = shed.changed(), if !closing => {
-                    if activity.idle_for().is_some() {
+                    if activity.idle_for().is_some_and(|for_| for_ >= shed_after) {
                         tracing::debug!(%peer, "closing an idle connection to make room");
                         conn.as_mut().graceful_shutdown();
                         closing = true;
@@ -235,15 +243,18 @@ pub async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let permit = match conns.limit.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                // At the cap: ask connections doing nothing to make room.
-                conns.shed.send_modify(|generation| *generation += 1);
-                tokio::select! {
-                    permit = conns.limit.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                    _ = stop.changed() => return,
-                }
+        let permit = loop {
+            if let Ok(permit) = conns.limit.clone().try_acquire_owned() {
+                break permit;
+            }
+            // At the cap: ask connections doing nothing to make room, and
+            // again while it lasts (a connection idle too briefly to go
+            // now may be idle enough at the next ask).
+            conns.shed.send_modify(|generation| *generation += 1);
+            tokio::select! {
+                permit = conns.limit.clone().acquire_owned() => break permit.expect("the semaphore is never closed"),
+                _ = tokio::time::sleep(SHED_EVERY) => {}
+                _ = stop.changed() => return,
             }
         };
         let (stream, peer) = tokio::select! {
