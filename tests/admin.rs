@@ -159,27 +159,29 @@ fn without_a_token_the_instrument_api_is_off() {
     assert_eq!(call(admin_addr(&svc), "GET", "/metrics", &[], b"").status, 200);
 }
 
+/// The service with the admin API on, and `toml` as its config file (kept
+/// alive by the returned handle).
+fn with_tenants(global: &str, toml: &str) -> (Service, tempfile::NamedTempFile) {
+    let mut config = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut config, toml.as_bytes()).unwrap();
+    let env = [
+        ("WAYMARK_CONFIG", config.path().to_str().unwrap()),
+        ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
+        ("WAYMARK_ADMIN_TOKEN", TOKEN),
+    ];
+    (Service::start(global, &env), config)
+}
+
 #[test]
 fn tenants_own_their_hosts_keys_and_defaults() {
     let global = key_entry("k1");
     let a_keys = key_entry("ka");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("waymark.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (svc, _config) = with_tenants(
+        &global,
+        &format!(
             "[[tenants]]\nname = \"a\"\nhosts = [\"t.sender-a.example\"]\nkeys = [\"{a_keys}\"]\nclicks = false\n\
              [[tenants]]\nname = \"b\"\nhosts = [\"t.sender-b.example\"]\nfallback_url = \"https://sender-b.example/\"\n"
         ),
-    )
-    .unwrap();
-    let svc = Service::start(
-        &global,
-        &[
-            ("WAYMARK_CONFIG", config.to_str().unwrap()),
-            ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("WAYMARK_ADMIN_TOKEN", TOKEN),
-        ],
     );
     let click = |tenant: &str| Claims {
         target: Target::Click(Link {
@@ -279,24 +281,14 @@ fn opened(text: &str, keys: &waymark::keys::KeyRing) -> String {
 fn rewrite_and_the_api_mint_the_same_message() {
     let global = key_entry("k1");
     let a_keys = key_entry("ka");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("waymark.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let (svc, config) = with_tenants(
+        &global,
+        &format!(
             "[[tenants]]\nname = \"a\"\nhosts = [\"t.sender-a.example\", \"Links.Sender-A.example.\"]\nkeys = [\"{a_keys}\"]\nunsubscribe = false\n"
         ),
-    )
-    .unwrap();
-    let config = config.to_str().unwrap();
-    let svc = Service::start(
-        &global,
-        &[
-            ("WAYMARK_CONFIG", config),
-            ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"),
-            ("WAYMARK_ADMIN_TOKEN", TOKEN),
-        ],
     );
+    let dir = tempfile::tempdir().unwrap();
+    let config = config.path().to_str().unwrap();
     let html = "<html><body><p><a href=\"https://example.com/spring?utm=1\">spring</a> \
                 <a href=\"https://links.sender-a.example/already\">tracked</a> \
                 <a href=\"https://t.sender-a.example/c/x\">tracked too</a></p></body></html>";
