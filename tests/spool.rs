@@ -156,3 +156,35 @@ fn replay_that_cannot_move_the_cursor_fails_and_says_why() {
     assert!(!replay.status.success(), "{said}");
     assert!(said.contains("5 acknowledged") && said.contains("could not be moved"), "{said}");
 }
+
+#[test]
+fn a_service_started_on_a_damaged_spool_reports_the_damage_once() {
+    let keys = key_entry("k1");
+    let svc = spooled(&keys, 50);
+    let seg = std::fs::read_dir(svc.dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+    let data = svc.dir.path().to_str().unwrap().to_owned();
+    let nowhere = unreachable_broker();
+    let mut again = Service::start_with_stderr(
+        &keys,
+        &[("WAYMARK_DATA_DIR", &data), ("WAYMARK_KAFKA_BROKERS", &nowhere), ("WAYMARK_LOG", "warn")],
+    );
+    // Counted at start, then read past by the shipper: one report.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !again.stderr().contains("replaying events a previous run left") {
+        assert!(std::time::Instant::now() < deadline, "{}", again.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(again.stderr().contains("pending=49"), "{}", again.stderr());
+    assert!(again.stop().success());
+    let log = again.stderr();
+    assert_eq!(log.matches("damaged spool bytes skipped").count(), 1, "{log}");
+}

@@ -76,7 +76,9 @@ impl KafkaSink {
         stats.spool_bytes.store(spool.used(), Ordering::Relaxed);
         let (live, incoming) = mpsc::sync_channel(LIVE_QUEUE);
         let (cursor, _) = ledger.cursor()?;
-        let pending = spool::status(&settings.spool_dir).map(|s| s.pending_records).unwrap_or(0);
+        // Counted through the spool's own ledger, so damage met here is not
+        // reported again when the shipper reads past it.
+        let pending = spool::count_from(&ledger, cursor).unwrap_or(0);
         if pending > 0 {
             tracing::warn!(pending, "replaying events a previous run left in the spool");
             state.watch.handed(pending);

@@ -342,13 +342,7 @@ pub fn status(dir: &Path) -> Result<Status, SpoolError> {
         segs.iter().map(|s| std::fs::metadata(segment_path(dir, *s)).map(|m| m.len()).unwrap_or(0)).sum();
     let ledger = Arc::new(Ledger::new(dir, 0));
     let (cursor, stray) = if dir.exists() { ledger.cursor()? } else { (0, None) };
-    let mut pending = 0;
-    if let Some(&last) = segs.last() {
-        let mut reader = Reader::new(ledger.clone(), cursor.max(pos(segs[0], 0)));
-        while reader.next(pos(last, u32::MAX))?.is_some() {
-            pending += 1;
-        }
-    }
+    let pending = if dir.exists() { count_from(&ledger, cursor)? } else { 0 };
     Ok(Status {
         dir: dir.display().to_string(),
         segments: segs.len(),
@@ -359,6 +353,19 @@ pub fn status(dir: &Path) -> Result<Status, SpoolError> {
         damaged_records: ledger.stats.skipped_records.load(Ordering::Relaxed),
         cursor_problem: stray.map(|s| s.to_string()),
     })
+}
+
+/// Records on disk from `from` on (damage met is reported through `ledger`,
+/// once).
+pub fn count_from(ledger: &Arc<Ledger>, from: u64) -> Result<u64, SpoolError> {
+    let segs = segments(ledger.dir())?;
+    let (Some(&first), Some(&last)) = (segs.first(), segs.last()) else { return Ok(0) };
+    let mut reader = Reader::new(ledger.clone(), from.max(pos(first, 0)));
+    let mut n = 0;
+    while reader.next(pos(last, u32::MAX))?.is_some() {
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The end of what a stopped service left in the spool.
