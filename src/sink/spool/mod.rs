@@ -242,8 +242,14 @@ impl Spool {
             }
         }
         let header = frame::SEGMENT_HEADER.len() as u32;
-        if u64::from(self.offset) + size as u64 > self.settings.segment_bytes && self.offset > header {
-            self.roll().map_err(|e| self.unwritable(e))?;
+        if u64::from(self.offset) + size as u64 > self.settings.segment_bytes
+            && self.offset > header
+            && let Err(e) = self.roll()
+        {
+            // The current segment cannot be finished (a full disk): keep
+            // adding to it in memory, within the bound, rather than lose
+            // the record; it rolls at the first append once writes succeed.
+            tracing::debug!(error = %e, "cannot start a new spool segment yet");
         }
         let at = pos(self.segment, self.offset);
         if let Err(Refused) = self.out.push_with(size, |out| frame::encode(out, payload)) {

@@ -243,3 +243,47 @@ fn a_failed_cursor_move_is_counted_and_shown_until_one_succeeds() {
     ledger.commit(5).unwrap();
     assert!(!ledger.cursor_failing());
 }
+
+#[test]
+fn a_full_disk_keeps_records_whole_in_memory_across_a_segment_boundary() {
+    // A small tmpfs made for the test (needs root; skipped otherwise).
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let spool_dir = dir.path().join("spool");
+    let mut s = Spool::open(&spool_dir, SpoolSettings { segment_bytes: 2048, ..settings() }).unwrap();
+    let filler = dir.path().join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[0; 1024]).and_then(|()| f.sync_data()).is_ok() {}
+    drop(f); // an open file's room is not given back when it is removed
+    let records: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("{{\"event\":{i:03},\"pad\":\"{}\"}}", "x".repeat(80)).into_bytes())
+        .collect();
+    for r in &records {
+        s.append(r).expect("kept in memory while the disk is full");
+    }
+    assert!(s.flush().is_err() && s.failing(), "the disk refuses");
+    std::fs::remove_file(&filler).unwrap();
+    for r in &records[..5] {
+        s.append(r).unwrap();
+    }
+    s.sync().expect("written once there is room");
+    let (read, ledger) = read_all(&spool_dir, 0);
+    assert_eq!(read.len(), 45);
+    assert_eq!(&read[..40], &records[..]);
+    assert_eq!(ledger.stats.skipped_bytes.load(Ordering::Relaxed), 0, "no torn record anywhere");
+}
