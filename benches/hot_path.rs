@@ -1,6 +1,7 @@
 //! Benches for the work on every hit: sealing and opening tokens,
-//! classifying (user agent cached and not, network look-up), and building
-//! and encoding an event. Run with `cargo bench --bench hot_path`.
+//! classifying (user agent cached and not, network look-up), building and
+//! encoding an event, and the judge turning a hit into its events. Run with
+//! `cargo bench --bench hot_path`.
 
 use std::hint::black_box;
 
@@ -140,5 +141,62 @@ fn whole_request(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, classification, events, whole_request);
+/// The judge alone, as one judge thread (or `waymark judge`) runs it: a
+/// realistic stream of hits over 300 messages, each judged against its
+/// message's history and its events encoded and handed to a sink that
+/// discards them. Hits a second per judge core is 1 / this time.
+fn judge(c: &mut Criterion) {
+    struct Discard;
+    impl waymark::sink::Sink for Discard {
+        fn publish(&mut self, e: &waymark::event::EncodedEvent) -> Result<(), waymark::sink::SinkError> {
+            black_box(e.json.len());
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), waymark::sink::SinkError> {
+            Ok(())
+        }
+        fn sync(&mut self) -> Result<(), waymark::sink::SinkError> {
+            Ok(())
+        }
+    }
+    let ring = KeyRing::parse(&Key::generate_entry(&KeyId::new("k1").unwrap())).unwrap();
+    let user_agents = [
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        "Mozilla/5.0 (Windows; U; Windows NT 5.1; de; rv:1.9.2.3) Gecko/20100401 Firefox/3.6.3 (via ggpht.com GoogleImageProxy)",
+        "Microsoft Office/16.0 (Windows NT 10.0; Microsoft Outlook 16.0.17029; Pro)",
+        "curl/8.5.0",
+    ];
+    let now = time::OffsetDateTime::now_utc();
+    let hits: Vec<Hit> = (0..3000u32)
+        .map(|i| {
+            let claims = Claims {
+                target: if i % 3 == 0 { Target::Open } else { claims().target },
+                message_id: format!("em_{}", i % 300),
+                sent_at: now.unix_timestamp() as u64 - 3600,
+                ..claims()
+            };
+            let at = now + time::Duration::milliseconds(i64::from(i));
+            Hit {
+                id: waymark::hit::HitId::mint(at),
+                token: token::open(&ring, &token::seal(&ring, &claims).unwrap(), 0).unwrap(),
+                at,
+                method: Method::Get,
+                client_ip: Some(IpAddr::from([203, 0, 113, (i % 200) as u8])),
+                user_agent: Some(user_agents[i as usize % user_agents.len()].into()),
+            }
+        })
+        .collect();
+    let settings = waymark::event::Settings::default();
+    let stats = std::sync::Arc::new(waymark::pipeline::Stats::default());
+    let mut judge =
+        waymark::pipeline::Judge::new(Classifier::new(&Settings::default()).unwrap(), settings, stats);
+    let mut sink = Discard;
+    let mut next = hits.iter().cycle();
+    c.bench_function("judge/hit_to_events", |b| {
+        b.iter(|| judge.handle(black_box(next.next().unwrap()), &mut sink))
+    });
+}
+
+criterion_group!(benches, tokens, classification, events, whole_request, judge);
 criterion_main!(benches);
