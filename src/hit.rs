@@ -2,7 +2,10 @@
 //! and the event need, and the pure functions that take a request apart.
 //!
 //! Nothing here does I/O, so the edge cases (forwarded headers, broken user
-//! agents) are unit-tested without a socket.
+//! agents) are unit-tested without a socket. [`record`] is the layout in
+//! which a hit travels to a judge in another process.
+
+pub mod record;
 
 use std::net::IpAddr;
 
