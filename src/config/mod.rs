@@ -30,7 +30,7 @@ use crate::destination::Destination;
 use crate::hit::ClientIpHeader;
 use crate::keys::KeyError;
 use crate::privacy::Privacy;
-use crate::sink::kafka::KafkaSettings;
+use crate::sink::kafka::{HitsSettings, KafkaSettings};
 use crate::tenancy::{Tenant, UnknownHosts};
 use crate::tls::CertSpec;
 
@@ -117,6 +117,16 @@ pub struct Config {
     pub privacy: Privacy,
     /// Where events go: the events file, or Kafka with its spool.
     pub sink: SinkSettings,
+    /// Where hits are judged.
+    pub judge: JudgeMode,
+}
+
+/// Where hits are judged: inside `waymark serve`, or by `waymark judge`
+/// processes reading the hit records the edges publish to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JudgeMode {
+    Local,
+    Kafka(HitsSettings),
 }
 
 #[derive(Debug, Clone)]

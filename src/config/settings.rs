@@ -220,6 +220,7 @@ settings! {
         unsubscribe_durable_ms: u64 = "WAYMARK_UNSUBSCRIBE_DURABLE_MS", "`3000`", "how long `POST /u/` waits for its event to be durable (written and synced by the events file, or the spool) before answering 503 with `Retry-After` instead of confirming";
         admin_rate_per_minute: u64 = "WAYMARK_ADMIN_RATE_PER_MINUTE", "`600`", "the same for `/v1/*` on the admin listener";
         unknown_hosts: String = "WAYMARK_UNKNOWN_HOSTS", "`default`", "`default` or `reject` for hosts no tenant claims";
+        judge: String = "WAYMARK_JUDGE", "`local`", "where hits are judged: `local` (inside `waymark serve`) or `kafka` (`serve` publishes hit records to `kafka.hits_topic`; `waymark judge` processes judge them)";
         spool_dir: String = "WAYMARK_SPOOL_DIR", "`{data_dir}/spool`", "the spool";
         spool_max_bytes: u64 = "WAYMARK_SPOOL_MAX_BYTES", "1 GiB", "cap on the spool";
         spool_segment_bytes: u64 = "WAYMARK_SPOOL_SEGMENT_BYTES", "16 MiB", "segment size; shipped segments are deleted";
@@ -243,6 +244,9 @@ settings! {
         topic_per_type: bool = "WAYMARK_KAFKA_TOPIC_PER_TYPE", "`false`", "one topic per event type";
         properties: BTreeMap<String, String> = "WAYMARK_KAFKA_PROPERTIES", "—", "librdkafka properties over the defaults (`[kafka.properties]` in the file); their values are never printed", secret;
         flush_timeout_ms: u64 = "WAYMARK_KAFKA_FLUSH_TIMEOUT_MS", "`5000`", "how long shutdown waits for acknowledgements; the rest stays spooled";
+        hits_topic: String = "WAYMARK_KAFKA_HITS_TOPIC", "`waymark.hits`", "topic of the hit records with `judge = \"kafka\"`, keyed by tenant and message id";
+        judge_group: String = "WAYMARK_KAFKA_JUDGE_GROUP", "`waymark-judge`", "consumer group of the `waymark judge` processes";
+        hits_partitions: u64 = "WAYMARK_KAFKA_HITS_PARTITIONS", "`6`", "partitions of the hits topic when waymark creates it (1 to 1000): the most judges that share the work";
     }
 }
 

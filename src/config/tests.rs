@@ -159,3 +159,35 @@ fn tenants_map_their_hosts_normalised() {
     let twice = "[[tenants]]\nname = \"a\"\nhosts = [\"t.a.com\"]\n[[tenants]]\nname = \"b\"\nhosts = [\"T.A.COM.\"]\n";
     assert!(from_toml(twice).unwrap_err().to_string().contains("a host served by one tenant only"));
 }
+
+/// `judge = "kafka"` needs brokers and a hits topic of its own; the
+/// defaults are the documented ones.
+#[test]
+fn the_kafka_judge_is_configured_or_refused_by_name() {
+    let kafka = [("WAYMARK_JUDGE", "kafka"), ("WAYMARK_KAFKA_BROKERS", "127.0.0.1:9092")];
+    let c = crate::config::load(None, env(&kafka)).unwrap();
+    let want = HitsSettings { topic: "waymark.hits".into(), group: "waymark-judge".into(), partitions: 6 };
+    assert_eq!(c.judge, JudgeMode::Kafka(want));
+    assert_eq!(crate::config::load(None, env(&[])).unwrap().judge, JudgeMode::Local);
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![("WAYMARK_JUDGE", "remote")],
+            "setting WAYMARK_JUDGE = \"remote\" is invalid: expected local or kafka",
+        ),
+        (vec![("WAYMARK_JUDGE", "kafka")], "expected local, or kafka with kafka.brokers set"),
+        (
+            [&kafka[..], &[("WAYMARK_KAFKA_HITS_TOPIC", "waymark.events")]].concat(),
+            "WAYMARK_KAFKA_HITS_TOPIC = \"waymark.events\" is invalid: expected a topic other than the events'",
+        ),
+        ([&kafka[..], &[("WAYMARK_KAFKA_HITS_TOPIC", "a b")]].concat(), "WAYMARK_KAFKA_HITS_TOPIC = \"a b\""),
+        (
+            [&kafka[..], &[("WAYMARK_KAFKA_HITS_PARTITIONS", "0")]].concat(),
+            "WAYMARK_KAFKA_HITS_PARTITIONS = \"0\"",
+        ),
+        ([&kafka[..], &[("WAYMARK_KAFKA_JUDGE_GROUP", " ")]].concat(), "WAYMARK_KAFKA_JUDGE_GROUP = \" \""),
+    ];
+    for (vars, want) in cases {
+        let err = crate::config::load(None, env(&vars)).unwrap_err().to_string();
+        assert!(err.contains(want), "{vars:?}: {err}");
+    }
+}

@@ -13,7 +13,8 @@ use ipnet::IpNet;
 
 use super::settings::{RawCertificate, RawKafka, RawTenant};
 use super::{
-    AdminSettings, Config, ConfigError, KeySpec, LogFormat, Origins, RawConfig, SinkSettings, TlsSettings,
+    AdminSettings, Config, ConfigError, JudgeMode, KeySpec, LogFormat, Origins, RawConfig, SinkSettings,
+    TlsSettings,
 };
 use crate::classify::behaviour::Windows;
 use crate::classify::{self, CountingPolicy, Verdict};
@@ -22,7 +23,7 @@ use crate::hit::ClientIpHeader;
 use crate::keys::KeyRing;
 use crate::privacy::{IpMode, Privacy};
 use crate::rewrite::Switches;
-use crate::sink::kafka::KafkaSettings;
+use crate::sink::kafka::{HitsSettings, KafkaSettings};
 use crate::sink::spool::SpoolSettings;
 use crate::tenancy::{self, Tenant, UnknownHosts};
 use crate::tls::CertSpec;
@@ -187,6 +188,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         fsync_every: c.millis("spool_fsync_ms", raw.spool_fsync_ms, 1_000, 3_600_000)?,
     };
     let spool_dir = raw.spool_dir.map(PathBuf::from).unwrap_or_else(|| data_dir.join("spool"));
+    let judge = judge(&c, raw.judge.as_deref(), &raw.kafka)?;
     let sink = match kafka(&c, raw.kafka, spool_dir, spool)? {
         Some(kafka) => SinkSettings::Kafka(kafka),
         None => SinkSettings::File(events_file.clone()),
@@ -224,7 +226,46 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         tls,
         privacy,
         sink,
+        judge,
     })
+}
+
+/// `judge`, and with `kafka` the hits topic it needs: brokers, and a topic
+/// other than the events'.
+fn judge(c: &Check, mode: Option<&str>, raw: &RawKafka) -> Result<JudgeMode, ConfigError> {
+    #[derive(Clone, Copy)]
+    enum Mode {
+        Local,
+        Kafka,
+    }
+    if let Mode::Local = c.one_of("judge", mode, &[("local", Mode::Local), ("kafka", Mode::Kafka)])? {
+        return Ok(JudgeMode::Local);
+    }
+    if raw.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+        return Err(c.invalid("judge", "kafka", "local, or kafka with kafka.brokers set"));
+    }
+    let topic = raw.hits_topic.clone().unwrap_or_else(|| "waymark.hits".into());
+    check_topic(c, "kafka.hits_topic", &topic)?;
+    let events = raw.topic.as_deref().unwrap_or("waymark.events");
+    if topic == events || (raw.topic_per_type == Some(true) && topic.starts_with(&format!("{events}."))) {
+        return Err(c.invalid("kafka.hits_topic", &topic, "a topic other than the events' (kafka.topic)"));
+    }
+    let group = raw.judge_group.clone().unwrap_or_else(|| "waymark-judge".into());
+    if group.trim().is_empty() || group.len() > 255 {
+        return Err(c.invalid("kafka.judge_group", &group, "a consumer group name of 1 to 255 characters"));
+    }
+    let partitions = c.positive("kafka.hits_partitions", raw.hits_partitions, 6, 1000)? as u32;
+    Ok(JudgeMode::Kafka(HitsSettings { topic, group, partitions }))
+}
+
+fn check_topic(c: &Check, key: &str, topic: &str) -> Result<(), ConfigError> {
+    if topic.is_empty()
+        || topic.len() > 249
+        || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err(c.invalid(key, topic, "a topic name of letters, digits, '.', '_' and '-'"));
+    }
+    Ok(())
 }
 
 fn tenant(c: &Check, t: RawTenant) -> Result<Tenant, ConfigError> {
@@ -338,9 +379,7 @@ fn kafka(
 ) -> Result<Option<KafkaSettings>, ConfigError> {
     let Some(brokers) = raw.brokers.filter(|b| !b.trim().is_empty()) else { return Ok(None) };
     let topic = raw.topic.unwrap_or_else(|| "waymark.events".into());
-    if topic.is_empty() || !topic.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-        return Err(c.invalid("kafka.topic", &topic, "a topic name of letters, digits, '.', '_' and '-'"));
-    }
+    check_topic(c, "kafka.topic", &topic)?;
     Ok(Some(KafkaSettings {
         brokers,
         topic,

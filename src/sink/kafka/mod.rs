@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use rdkafka::error::KafkaError;
 
-pub use settings::KafkaSettings;
+pub use settings::{HitsSettings, KafkaSettings};
 pub use state::KafkaState;
 pub use stats::{KafkaMetrics, KafkaStats};
 

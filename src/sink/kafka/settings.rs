@@ -24,6 +24,16 @@ pub struct KafkaSettings {
     pub spool: SpoolSettings,
 }
 
+/// The hits topic of the Kafka mode of the judge (`judge = "kafka"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HitsSettings {
+    pub topic: String,
+    /// The consumer group the `waymark judge` processes share.
+    pub group: String,
+    /// Partitions the topic is created with when it is missing.
+    pub partitions: u32,
+}
+
 impl KafkaSettings {
     /// waymark's producer defaults, then the configured properties.
     pub fn client_config(&self) -> ClientConfig {
