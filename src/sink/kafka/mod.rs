@@ -76,6 +76,7 @@ impl KafkaSink {
         stats.spool_bytes.store(spool.used(), Ordering::Relaxed);
         let (live, incoming) = mpsc::sync_channel(LIVE_QUEUE);
         let (cursor, _) = ledger.cursor()?;
+        ledger.note_acknowledged(cursor);
         // Counted through the spool's own ledger, so damage met here is not
         // reported again when the shipper reads past it.
         let pending = spool::count_from(&ledger, cursor).unwrap_or(0);
@@ -116,11 +117,10 @@ impl KafkaSink {
         self.state.unwritable.store(self.spool.failing(), Ordering::Relaxed);
         self.stats.spool_bytes.store(self.spool.used(), Ordering::Relaxed);
     }
-}
 
-impl Sink for KafkaSink {
-    fn publish(&mut self, event: &EncodedEvent) -> Result<(), SinkError> {
-        let payload = Bytes::from(Record::encode(event));
+    /// Spools one record in the [`Record`] layout and hands it to the
+    /// shipper: what [`Sink::publish`] does for an event, for any payload.
+    pub fn publish_record(&mut self, payload: Bytes) -> Result<(), SinkError> {
         let at = match self.spool.append(&payload) {
             Ok(at) => at,
             Err(e) => {
@@ -141,6 +141,23 @@ impl Sink for KafkaSink {
         // A shipper that is behind reads this one from the spool instead.
         let _ = self.live.try_send(shipment);
         Ok(())
+    }
+
+    /// The spool position after the last record published: once
+    /// [`Self::acknowledged`] reaches it, the brokers have everything.
+    pub fn end(&self) -> u64 {
+        self.spool.end()
+    }
+
+    /// Everything published before this spool position was acknowledged.
+    pub fn acknowledged(&self) -> u64 {
+        self.spool.ledger().acknowledged()
+    }
+}
+
+impl Sink for KafkaSink {
+    fn publish(&mut self, event: &EncodedEvent) -> Result<(), SinkError> {
+        self.publish_record(Bytes::from(Record::encode(event)))
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {

@@ -76,8 +76,13 @@ impl<'a> Record<'a> {
     pub fn encode(event: &EncodedEvent) -> Vec<u8> {
         let mut id = [0; 40];
         let fields = [event.kind.as_str(), event.message_id, event.tenant, event.event_id.as_str(&mut id)];
-        let mut out =
-            Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + event.json.len());
+        Self::encode_parts(fields, event.json)
+    }
+
+    /// The same layout for any payload: `[type, key, tenant, id]` and the
+    /// body (a hit record goes to the hits topic this way).
+    pub fn encode_parts(fields: [&str; 4], body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + fields.iter().map(|f| f.len()).sum::<usize>() + body.len());
         out.push(RECORD_V2);
         for field in fields {
             // Message ids and tenants are bounded far below this by the token size.
@@ -85,7 +90,7 @@ impl<'a> Record<'a> {
             out.extend_from_slice(&len.to_le_bytes());
             out.extend_from_slice(&field.as_bytes()[..usize::from(len)]);
         }
-        out.extend_from_slice(event.json);
+        out.extend_from_slice(body);
         out
     }
 

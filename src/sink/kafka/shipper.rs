@@ -386,10 +386,13 @@ impl<P: Producer> Shipper<P> {
     /// second, and once a second while moving it fails (logged at powers
     /// of two, so a read-only spool cannot flood the log).
     fn maybe_commit(&mut self, now: bool) {
+        let acknowledged = self.in_flight.first().copied().unwrap_or(self.next);
+        // What the brokers have, for whoever waits on it (the judge's commits).
+        self.ledger.note_acknowledged(acknowledged);
         // Never past what is on disk: records shipped from memory before
         // they were written (a flush to come, or a disk that refuses) would
         // leave a cursor pointing nowhere after a crash.
-        let upto = self.in_flight.first().copied().unwrap_or(self.next).min(self.ledger.readable_end());
+        let upto = acknowledged.min(self.ledger.readable_end());
         let every = if self.commit_failures > 0 { COMMIT_RETRY } else { COMMIT_EVERY };
         if upto <= self.committed || (!now && self.committed_at.elapsed() < every) {
             return;

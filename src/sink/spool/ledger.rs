@@ -40,6 +40,9 @@ pub struct SpoolStats {
 pub struct Ledger {
     dir: PathBuf,
     readable_end: AtomicU64,
+    /// Everything before this position was acknowledged by the brokers, as
+    /// the shipper last saw it (in memory; the cursor file lags it).
+    acknowledged: AtomicU64,
     cursor_failing: AtomicBool,
     /// Damaged regions already reported, by position: a replay that reads
     /// them again neither counts nor logs them twice.
@@ -71,6 +74,7 @@ impl Ledger {
         Ledger {
             dir: dir.to_owned(),
             readable_end: AtomicU64::new(readable_end),
+            acknowledged: AtomicU64::new(0),
             cursor_failing: AtomicBool::new(false),
             damage_seen: Mutex::new(HashSet::new()),
             stats: SpoolStats::default(),
@@ -88,6 +92,16 @@ impl Ledger {
 
     pub(super) fn set_readable_end(&self, end: u64) {
         self.readable_end.store(end, Ordering::Release);
+    }
+
+    /// Everything before this position has been acknowledged by the brokers.
+    pub fn acknowledged(&self) -> u64 {
+        self.acknowledged.load(Ordering::Acquire)
+    }
+
+    /// The shipper saw everything before `at` acknowledged.
+    pub fn note_acknowledged(&self, at: u64) {
+        self.acknowledged.fetch_max(at, Ordering::AcqRel);
     }
 
     /// The acknowledged position as stored, 0 when none was ever written.
