@@ -81,6 +81,7 @@ fn events(c: &mut Criterion) {
         method: Method::Get,
         client_ip: Some("203.0.113.9".parse().unwrap()),
         user_agent: Some("Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X)".into()),
+        sealed: None,
     };
     let mut classifier = Classifier::new(&Settings::default()).unwrap();
     let judgement = classifier.judge(&hit).judgement;

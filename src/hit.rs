@@ -47,6 +47,9 @@ pub struct Hit {
     pub method: Method,
     pub client_ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The token as the edge received it, kept only when the hit is
+    /// forwarded to a judge in another process (`judge = "kafka"`).
+    pub sealed: Option<Box<str>>,
 }
 
 /// The one header a trusted proxy writes the client's address in. Only

@@ -296,6 +296,7 @@ impl Edge {
             method,
             client_ip: Some(self.client_ip(req, peer)),
             user_agent: hit::user_agent(req.headers()),
+            sealed: None,
         }
     }
 

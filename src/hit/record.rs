@@ -195,6 +195,7 @@ impl<'a> HitRecord<'a> {
             method: self.method,
             client_ip: self.client_ip,
             user_agent: self.user_agent.map(str::to_owned),
+            sealed: None,
         })
     }
 }

@@ -31,6 +31,13 @@ pub enum SinkError {
 pub trait Sink: Send {
     /// Takes one event. May buffer; [`Sink::flush`] hands it on.
     fn publish(&mut self, event: &EncodedEvent) -> Result<(), SinkError>;
+    /// Takes one record that is not an event, in the Kafka record layout
+    /// (`[type, key, tenant, id]` and the body): a hit record on its way to
+    /// the hits topic. Only the Kafka sink takes them.
+    fn publish_raw(&mut self, fields: [&str; 4], body: &[u8]) -> Result<(), SinkError> {
+        let _ = (fields, body);
+        Err(SinkError::Refused { path: "this sink".into(), why: "it takes events only, not hit records" })
+    }
     /// Pushes out whatever is buffered. Called every flush interval.
     fn flush(&mut self) -> Result<(), SinkError>;
     /// Makes everything published so far durable (on disk, synced): when

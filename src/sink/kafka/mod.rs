@@ -160,6 +160,10 @@ impl Sink for KafkaSink {
         self.publish_record(Bytes::from(Record::encode(event)))
     }
 
+    fn publish_raw(&mut self, fields: [&str; 4], body: &[u8]) -> Result<(), SinkError> {
+        self.publish_record(Bytes::from(Record::encode_parts(fields, body)))
+    }
+
     fn flush(&mut self) -> Result<(), SinkError> {
         let outcome = self.spool.flush();
         self.note_disk();
