@@ -11,7 +11,7 @@
 //!   key ring and [`destination`] the validated redirect target.
 //! - [`pipeline`]: the bounded hand-off and the thread that turns hits into
 //!   events: [`classify`] judges a hit, [`event`] builds and encodes the JSON.
-//! - [`kafka_judge`]: the judge across processes (`judge = "kafka"`): hit
+//! - `kafka_judge`: the judge across processes (`judge = "kafka"`): hit
 //!   records on a Kafka topic, judged by `waymark judge` processes.
 //! - [`sink`]: where events go, behind one trait: the JSON-lines file by
 //!   default, or Kafka behind a write-ahead disk spool.
@@ -35,7 +35,7 @@ pub mod edge;
 pub mod event;
 mod health;
 pub mod hit;
-pub mod kafka_judge;
+mod kafka_judge;
 pub mod keys;
 pub mod metrics;
 mod minting;

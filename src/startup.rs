@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::classify::Classifier;
-use crate::config::{Config, ConfigError, KeySource, KeySpec, SinkSettings};
+use crate::config::{Config, ConfigError, JudgeMode, KeySource, KeySpec, SinkSettings};
 use crate::edge::{ClientAddress, Edge};
 use crate::health::Health;
 use crate::keys::KeyRing;
@@ -98,9 +98,20 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let cache_stats = classifier.cache_stats().clone();
     tracing::info!(rules_version = classifier.rules_version(), "classifier ready");
     let health = Arc::new(Health::default());
-    let sink: Box<dyn Sink> = match &config.sink {
-        SinkSettings::File(path) => Box::new(FileSink::open(path)?.rotating(config.events_rotation)),
-        SinkSettings::Kafka(kafka) => {
+    let sink: Box<dyn Sink> = match (&config.sink, &config.judge) {
+        (SinkSettings::Kafka(kafka), JudgeMode::Kafka(hits)) => {
+            if let Err(e) = crate::kafka_judge::topic::ensure(kafka, hits).await {
+                tracing::warn!(error = %e, "cannot make sure the hits topic exists; hit records wait in the spool until it does");
+            }
+            tracing::info!(brokers = %kafka.brokers, topic = %hits.topic, spool = %kafka.spool_dir.display(), "hits go to the judges through Kafka");
+            Box::new(KafkaSink::start(KafkaSettings {
+                topic: hits.topic.clone(),
+                topic_per_type: false,
+                ..kafka.clone()
+            })?)
+        }
+        (SinkSettings::File(path), _) => Box::new(FileSink::open(path)?.rotating(config.events_rotation)),
+        (SinkSettings::Kafka(kafka), _) => {
             tracing::info!(brokers = %kafka.brokers, topic = %kafka.topic, spool = %kafka.spool_dir.display(), "events go to Kafka");
             Box::new(KafkaSink::start(kafka.clone())?)
         }
@@ -115,7 +126,11 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
         durable_within: config.unsubscribe_durable,
         judge_threads: config.judge_threads,
     };
-    let (recorder, pipeline) = Pipeline::start(classifier, sink, options);
+    let forwarding = matches!(config.judge, JudgeMode::Kafka(_));
+    let (recorder, pipeline) = match forwarding {
+        true => Pipeline::forwarding(sink, options),
+        false => Pipeline::start(classifier, sink, options),
+    };
     let stats = recorder.stats().clone();
     sources.push(stats.clone());
     let metrics = Arc::new(Metrics::new(sources));
@@ -125,7 +140,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
             Arc::new(Admin::new(metrics.clone(), tenancy.clone(), a.token.as_deref(), a.max_body, a.rate)),
         )
     });
-    let edge = Arc::new(Edge::new(
+    let edge = Edge::new(
         tenancy,
         recorder,
         config.fallback_url.clone(),
@@ -133,7 +148,8 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
         health.clone(),
         metrics,
         ClientLimit::per_minute(config.unsubscribe_rate),
-    ));
+    );
+    let edge = Arc::new(if forwarding { edge.forwarding() } else { edge });
     let listeners = Listeners { public: config.listen, tls: config.tls.clone(), admin };
     let limits = Limits {
         grace: config.shutdown_grace,

@@ -1,10 +1,11 @@
-//! The command line, one file per command: `serve`, `sign`, `rewrite`,
+//! The command line, one file per command: `serve`, `judge`, `sign`, `rewrite`,
 //! `classify`, `spool`, `keygen` and `healthcheck`. Parsing lives here with
 //! clap; each command is a few lines over the library, and nothing in the
 //! library imports this module. `anyhow` is used here and in `main.rs` only.
 
 mod classify;
 mod healthcheck;
+mod judge;
 mod keygen;
 mod rewrite;
 mod serve;
@@ -35,6 +36,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve tracking URLs (configured by --config and WAYMARK_* variables).
     Serve {
+        #[arg(long, env = "WAYMARK_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Judge the hits topic as one of the judge group (judge = "kafka"):
+    /// the same config file and environment as serve.
+    Judge {
         #[arg(long, env = "WAYMARK_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -70,6 +77,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve::run(load_config(config.as_deref())?),
+        Command::Judge { config } => judge::run(load_config(config.as_deref())?),
         Command::Keygen { kid } => keygen::run(kid),
         Command::Sign(args) => sign::run(&args),
         Command::Classify(args) => classify::run(args),

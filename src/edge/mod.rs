@@ -123,6 +123,9 @@ pub struct Edge {
     metrics: Arc<Metrics>,
     /// Per-client limit on `/u/`, the one route that changes state.
     unsubscribe_limit: ClientLimit,
+    /// Keep each hit's token text: the hit goes to a judge in another
+    /// process (`judge = "kafka"`), which opens the token again.
+    forwarding: bool,
 }
 
 impl Edge {
@@ -135,7 +138,21 @@ impl Edge {
         metrics: Arc<Metrics>,
         unsubscribe_limit: ClientLimit,
     ) -> Edge {
-        Edge { tenancy, recorder, fallback_url, client, health, metrics, unsubscribe_limit }
+        Edge {
+            tenancy,
+            recorder,
+            fallback_url,
+            client,
+            health,
+            metrics,
+            unsubscribe_limit,
+            forwarding: false,
+        }
+    }
+
+    /// The edge of the Kafka mode: hits keep the token text as received.
+    pub fn forwarding(self) -> Edge {
+        Edge { forwarding: true, ..self }
     }
 
     /// The edge as a hyper service for one connection from `peer`.
@@ -160,7 +177,7 @@ impl Edge {
         match route {
             Route::Pixel(text) => {
                 if let Ok(token) = self.accept(req, text, Kind::Open) {
-                    self.record(req, peer, method, token);
+                    self.record(req, peer, method, token, text);
                 }
                 pixel()
             }
@@ -170,7 +187,7 @@ impl Edge {
                         token::Target::Click(link) => link.url.clone(),
                         _ => unreachable!("accept checked the kind"),
                     };
-                    self.record(req, peer, method, token);
+                    self.record(req, peer, method, token, text);
                     redirect(&location)
                 }
                 Err(_) => {
@@ -242,7 +259,7 @@ impl Edge {
         }
         let req = Request::from_parts(parts, ());
         // Confirmed only once recorded durably; the pipeline counts and logs a failure.
-        match self.recorder.record_durably(self.hit(&req, peer, hit::Method::Post, token)).await {
+        match self.recorder.record_durably(self.hit(&req, peer, hit::Method::Post, token, sealed)).await {
             Ok(()) => page(StatusCode::OK, crate::pages::UNSUBSCRIBED),
             Err(_) => {
                 let mut r = page(StatusCode::SERVICE_UNAVAILABLE, crate::pages::NOT_UNSUBSCRIBED);
@@ -287,7 +304,14 @@ impl Edge {
         token
     }
 
-    fn hit<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) -> Hit {
+    fn hit<B>(
+        &self,
+        req: &Request<B>,
+        peer: SocketAddr,
+        method: hit::Method,
+        token: Token,
+        text: &str,
+    ) -> Hit {
         let at = OffsetDateTime::now_utc();
         Hit {
             id: hit::HitId::mint(at),
@@ -296,12 +320,12 @@ impl Edge {
             method,
             client_ip: Some(self.client_ip(req, peer)),
             user_agent: hit::user_agent(req.headers()),
-            sealed: None,
+            sealed: self.forwarding.then(|| text.into()),
         }
     }
 
-    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token) {
-        if let Err(e) = self.recorder.record(self.hit(req, peer, method, token)) {
+    fn record<B>(&self, req: &Request<B>, peer: SocketAddr, method: hit::Method, token: Token, text: &str) {
+        if let Err(e) = self.recorder.record(self.hit(req, peer, method, token, text)) {
             // Logged at powers of two so an overload cannot flood the log.
             let dropped = self.recorder.stats().dropped.load(Ordering::Relaxed);
             if dropped.is_power_of_two() {

@@ -68,7 +68,8 @@ struct Judging {
     sink: KafkaSink,
     replayer: Replayer,
     tenancy: Arc<Tenancy>,
-    classify: classify::Settings,
+    /// Each partition's judge gets a shard of it.
+    classifier: Classifier,
     events: event::Settings,
     pipeline: Arc<Stats>,
     stats: Arc<JudgeStats>,
@@ -118,6 +119,7 @@ impl ConsumerContext for Context {
                     }
                 }
                 self.stats.assigned.store(!assigned.is_empty(), Ordering::Relaxed);
+                self.stats.ever_assigned.store(true, Ordering::Relaxed);
             }
             Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
@@ -165,16 +167,8 @@ impl Judging {
             part.live = true;
             return;
         }
-        let classifier = match Classifier::new(&self.classify) {
-            Ok(c) => c,
-            Err(e) => {
-                // Built once at start with the same settings; a rule file
-                // changed since can still fail. Judge with the built-in rules.
-                tracing::error!(error = %e, "cannot build a classifier for a partition; using the built-in rules");
-                let builtin = classify::Settings { rules_file: None, ..self.classify.clone() };
-                Classifier::new(&builtin).expect("the built-in rules load")
-            }
-        };
+        // Shares the rules and caches; the behaviour state is the partition's own.
+        let classifier = self.classifier.shard();
         let mut judge = Judge::new(classifier, self.events.clone(), self.pipeline.clone());
         let (tenancy, stats) = (self.tenancy.clone(), self.stats.clone());
         let open = move |r: &HitRecord| open(&tenancy, &stats, r);
@@ -183,7 +177,14 @@ impl Judging {
         } else {
             self.replayer.rebuild(p, offset, first_hit_ms, self.horizon, &mut judge, &open)
         };
-        tracing::info!(partition = p, from = rebuilt.from, upto = offset, hits = rebuilt.hits, ms = rebuilt.took.as_millis() as u64, "partition state rebuilt");
+        tracing::info!(
+            partition = p,
+            from = rebuilt.from,
+            upto = offset,
+            hits = rebuilt.hits,
+            ms = rebuilt.took.as_millis() as u64,
+            "partition state rebuilt"
+        );
         self.stats.rebuilds.fetch_add(1, Ordering::Relaxed);
         self.stats.rebuilt_hits.fetch_add(rebuilt.hits, Ordering::Relaxed);
         self.stats.rebuild_ms.store(rebuilt.took.as_millis() as u64, Ordering::Relaxed);
@@ -229,7 +230,9 @@ impl Judging {
             std::thread::sleep(Duration::from_millis(5));
         }
         if !acknowledged(self) {
-            tracing::warn!("events not acknowledged in time: their hits will be judged again (same event ids)");
+            tracing::warn!(
+                "events not acknowledged in time: their hits will be judged again (same event ids)"
+            );
         }
         self.commit(consumer, Some(partitions));
     }
@@ -257,7 +260,12 @@ fn lock(c: &BaseConsumer<Context>) -> std::sync::MutexGuard<'_, Option<Judging>>
 fn open(tenancy: &Tenancy, stats: &JudgeStats, r: &HitRecord) -> Option<Hit> {
     let refused = |stage: &'static str, kind: &'static str| {
         if stats.bad(stage, kind) {
-            tracing::warn!(stage, kind, tenant = r.tenant, "skipping a hit record the judge cannot open (logged once per kind, counted)");
+            tracing::warn!(
+                stage,
+                kind,
+                tenant = r.tenant,
+                "skipping a hit record the judge cannot open (logged once per kind, counted)"
+            );
         }
         None
     };
@@ -311,11 +319,12 @@ pub fn run(
     on_sink: impl FnOnce(&KafkaSink),
 ) -> Result<(), JudgeError> {
     let Options { kafka, hits, classify, events } = options;
-    Classifier::new(&classify)?; // a bad rule file fails now, not at the first assignment
+    let classifier = Classifier::new(&classify)?;
     let config = consumer_config(&kafka, &hits.group);
     let brokers = kafka.brokers.clone();
     let made = |source| JudgeError::Consumer { brokers: brokers.clone(), source };
-    let replayer = replayer(&consumer_config(&kafka, &format!("{}.rebuild", hits.group)), &hits.topic).map_err(made)?;
+    let replayer =
+        replayer(&consumer_config(&kafka, &format!("{}.rebuild", hits.group)), &hits.topic).map_err(made)?;
     let settle_within = kafka.flush_timeout;
     let sink = KafkaSink::start(kafka)?;
     on_sink(&sink);
@@ -325,7 +334,7 @@ pub fn run(
         replayer,
         tenancy,
         horizon: super::horizon(&classify.windows),
-        classify,
+        classifier,
         events,
         pipeline,
         stats: stats.clone(),

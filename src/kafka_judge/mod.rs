@@ -3,8 +3,9 @@
 //! `waymark judge` processes, one consumer group, judge the partitions they
 //! are assigned with the same [`Judge`] as the local mode.
 //!
-//! Parts: [`forward`] (the edge's side: a hit becomes a hit record in the
-//! same write-ahead spool and shipper as events), [`consumer`] (the judge's
+//! Parts: the edge's side is a step of the pipeline
+//! (`pipeline::forward`: a hit becomes a hit record in the same write-ahead
+//! spool and shipper as events); here are [`consumer`] (the judge's
 //! loop: rebalances, judging in partition order, offset commits),
 //! [`partition`] (one partition's judge and its rebuild from the topic),
 //! [`progress`] (when an offset may be committed), [`rebuild`] (where a
@@ -18,25 +19,20 @@
 //!
 //! [`Judge`]: crate::pipeline::Judge
 
+pub mod admin;
 pub mod consumer;
-pub mod forward;
 pub mod partition;
 pub mod progress;
 pub mod rebuild;
 pub mod stats;
+pub mod topic;
 
 use std::time::Duration;
 
 use crate::classify::behaviour::Windows;
 
-pub use consumer::{JudgeError, run};
+pub use consumer::run;
 pub use stats::JudgeStats;
-
-/// The Kafka record key of a message's hits: its tenant and id. Every hit
-/// of a message lands on one partition, so one judge sees them all.
-pub fn message_key(tenant: &str, message_id: &str) -> String {
-    format!("{tenant}/{message_id}")
-}
 
 /// The longest window the judge's state must cover: how far back a
 /// rebuilt partition replays.

@@ -8,7 +8,6 @@
 //! the state horizon starts ([`super::rebuild`]), then the hits from there
 //! up to the first one to judge are judged into a sink that keeps nothing.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -138,7 +137,13 @@ impl Replayer {
                 }
             }
             if next < upto {
-                tracing::warn!(partition, from, reached = next, upto, "the rebuild could not read every hit of the horizon; judging on what it read");
+                tracing::warn!(
+                    partition,
+                    from,
+                    reached = next,
+                    upto,
+                    "the rebuild could not read every hit of the horizon; judging on what it read"
+                );
             }
         }
         let _ = self.consumer.unassign();
@@ -152,6 +157,3 @@ pub fn replayer(config: &rdkafka::ClientConfig, topic: &str) -> Result<Replayer,
     c.set("enable.auto.commit", "false").set("fetch.wait.max.ms", "50").set("enable.partition.eof", "false");
     Ok(Replayer { consumer: c.create()?, topic: topic.to_owned() })
 }
-
-/// Shared between the consumer's loop and its rebalance callbacks.
-pub type Shared<T> = Arc<std::sync::Mutex<T>>;

@@ -44,11 +44,6 @@ impl Progress {
         self.committed = Some(upto);
         Some(upto)
     }
-
-    /// Whether every judged hit's events were acknowledged.
-    pub fn settled(&self) -> bool {
-        self.waiting.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -67,7 +62,7 @@ mod tests {
         for (acknowledged, want) in steps {
             assert_eq!(p.committable(acknowledged), want, "acknowledged {acknowledged}");
         }
-        assert!(p.settled());
+        assert!(p.waiting.is_empty());
         p.judged(14, 400);
         assert_eq!(p.committable(400), Some(15), "a hit with no events commits at once");
     }

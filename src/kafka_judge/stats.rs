@@ -15,8 +15,10 @@ pub struct JudgeStats {
     pub rebuild_ms: AtomicU64,
     pub commits: AtomicU64,
     pub commit_failures: AtomicU64,
-    /// Set once the judge has joined its group and holds partitions.
+    /// The judge holds partitions now.
     pub assigned: AtomicBool,
+    /// The judge has held partitions at least once (joined its group).
+    pub ever_assigned: AtomicBool,
     /// Lag by partition (high watermark minus the next offset to judge).
     pub lag: Mutex<BTreeMap<i32, i64>>,
     /// Bad records by stage (`record`, `tenant`, `token`) and kind.
@@ -42,13 +44,28 @@ impl crate::metrics::Source for JudgeStats {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         counter(e, "judge_records_judged", "Hit records judged from the hits topic", get(&self.judged))?;
         counter(e, "judge_rebalances", "Partition assignments and revocations", get(&self.rebalances))?;
-        counter(e, "judge_rebuilds", "Partitions whose state was rebuilt from the topic", get(&self.rebuilds))?;
-        counter(e, "judge_rebuilt_hits", "Hits replayed without emitting to rebuild state", get(&self.rebuilt_hits))?;
+        counter(
+            e,
+            "judge_rebuilds",
+            "Partitions whose state was rebuilt from the topic",
+            get(&self.rebuilds),
+        )?;
+        counter(
+            e,
+            "judge_rebuilt_hits",
+            "Hits replayed without emitting to rebuild state",
+            get(&self.rebuilt_hits),
+        )?;
         gauge(e, "judge_rebuild_last_ms", "How long the last rebuild took", get(&self.rebuild_ms) as i64)?;
         counter(e, "judge_commits", "Offset commits made", get(&self.commits))?;
         counter(e, "judge_commit_failures", "Offset commits that failed", get(&self.commit_failures))?;
         let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        gauge(e, "judge_assigned_partitions", "Partitions of the hits topic this judge holds", lag.len() as i64)?;
+        gauge(
+            e,
+            "judge_assigned_partitions",
+            "Partitions of the hits topic this judge holds",
+            lag.len() as i64,
+        )?;
         let mut family = e.encode_descriptor(
             "judge_lag",
             "Hit records not yet judged, by partition",

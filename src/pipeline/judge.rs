@@ -12,7 +12,7 @@ use crate::event::{self, Event};
 use crate::hit::Hit;
 use crate::sink::{Sink, SinkError};
 
-use super::Stats;
+use super::{Handle, Stats};
 
 pub struct Judge {
     classifier: Classifier,
@@ -68,5 +68,11 @@ pub fn checked(stats: &Stats, outcome: Result<(), SinkError>) -> bool {
             }
             false
         }
+    }
+}
+
+impl Handle for Judge {
+    fn handle(&mut self, hit: &Hit, sink: &mut dyn Sink) -> bool {
+        Judge::handle(self, hit, sink)
     }
 }

@@ -12,6 +12,7 @@
 //! holds one), or fails (a full queue, a sink that cannot take or sync it,
 //! or no answer within the bound). Pixels and clicks never wait for it.
 
+pub mod forward;
 mod judge;
 mod stats;
 mod worker;
@@ -32,6 +33,13 @@ pub use judge::Judge;
 use judge::checked;
 pub use stats::Stats;
 use worker::{SharedSink, Worker};
+
+/// What a pipeline thread does with each hit: judge it ([`Judge`]), or,
+/// with `judge = "kafka"`, forward it to the judges ([`forward::Forwarding`]).
+pub trait Handle: Send {
+    /// Handles one hit; false if the sink refused something it made.
+    fn handle(&mut self, hit: &Hit, sink: &mut dyn Sink) -> bool;
+}
 
 /// What the pipeline is handed: a hit, and for an unsubscribe, where to
 /// say once its events are durable.
@@ -180,17 +188,41 @@ impl Pipeline {
         let stop = Arc::new(AtomicBool::new(false));
         let sink: SharedSink = Arc::new(Mutex::new(sink));
         let events = crate::event::Settings {
-            privacy: options.privacy,
+            privacy: options.privacy.clone(),
             repeat_window_ms: classifier.repeat_window().as_millis() as i64,
         };
         let mut classifiers: Vec<Classifier> = (1..n).map(|_| classifier.shard()).collect();
         classifiers.insert(0, classifier);
+        let steps = classifiers
+            .into_iter()
+            .map(|c| Box::new(Judge::new(c, events.clone(), stats.clone())) as Box<dyn Handle>)
+            .collect();
+        Self::spawn(steps, sink, stats, stop, options)
+    }
+
+    /// With `judge = "kafka"`: one thread that forwards every hit as a hit
+    /// record to the sink (the hits topic), judging nothing.
+    pub fn forwarding(sink: Box<dyn Sink>, options: Options) -> (Recorder, Pipeline) {
+        let stats = Arc::new(Stats::default());
+        let step = forward::Forwarding { forward: Default::default(), stats: stats.clone() };
+        let sink: SharedSink = Arc::new(Mutex::new(sink));
+        Self::spawn(vec![Box::new(step)], sink, stats, Arc::new(AtomicBool::new(false)), options)
+    }
+
+    fn spawn(
+        steps: Vec<Box<dyn Handle>>,
+        sink: SharedSink,
+        stats: Arc<Stats>,
+        stop: Arc<AtomicBool>,
+        options: Options,
+    ) -> (Recorder, Pipeline) {
+        let n = steps.len();
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
-        for (i, classifier) in classifiers.into_iter().enumerate() {
+        for (i, judge) in steps.into_iter().enumerate() {
             let (tx, rx) = mpsc::sync_channel(options.capacity.div_ceil(n).max(1));
             let worker = Worker {
-                judge: Judge::new(classifier, events.clone(), stats.clone()),
+                judge,
                 sink: sink.clone(),
                 stats: stats.clone(),
                 stop: stop.clone(),

@@ -78,6 +78,7 @@ fn unsubscribe() -> Hit {
         method: crate::hit::Method::Post,
         client_ip: None,
         user_agent: None,
+        sealed: None,
     }
 }
 
@@ -213,6 +214,7 @@ fn campaign(ring: &KeyRing) -> Vec<Hit> {
                 user_agent: Some(
                     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/126.0".into(),
                 ),
+                sealed: None,
             });
         }
     }

@@ -6,7 +6,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::judge::{Judge, checked};
+use super::Handle;
+use super::judge::checked;
 use super::{Durability, Job, NotDurable, Stats};
 use crate::sink::Sink;
 
@@ -14,7 +15,8 @@ use crate::sink::Sink;
 pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
 
 pub struct Worker {
-    pub judge: Judge,
+    /// Judges each hit, or forwards it to judges elsewhere.
+    pub judge: Box<dyn Handle>,
     pub sink: SharedSink,
     pub stats: Arc<Stats>,
     pub stop: Arc<AtomicBool>,
