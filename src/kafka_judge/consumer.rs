@@ -84,7 +84,21 @@ struct Context {
     stats: Arc<JudgeStats>,
 }
 
-impl ClientContext for Context {}
+impl ClientContext for Context {
+    /// librdkafka's statistics (every second): the lag of each partition
+    /// held, measured by the client itself. Asking the brokers instead
+    /// would queue behind the consumer's own long fetch.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+        for topic in statistics.topics.values() {
+            for (p, n) in lag.iter_mut() {
+                if let Some(part) = topic.partitions.get(p).filter(|part| part.consumer_lag >= 0) {
+                    *n = part.consumer_lag;
+                }
+            }
+        }
+    }
+}
 
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -236,17 +250,6 @@ impl Judging {
         }
         self.commit(consumer, Some(partitions));
     }
-
-    /// Lag by partition, from the brokers' high watermarks.
-    fn measure_lag(&self, consumer: &BaseConsumer<Context>) {
-        let mut lag = self.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
-        for (p, n) in lag.iter_mut() {
-            if let Ok((_, high)) = consumer.fetch_watermarks(&self.topic, *p, Duration::from_millis(500)) {
-                let next = self.partitions.get(p).filter(|part| part.live).map_or(0, |part| part.next);
-                *n = (high - next).max(0);
-            }
-        }
-    }
 }
 
 /// The shared state; only this thread, and the callbacks it runs inside
@@ -285,6 +288,7 @@ fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "1000")
         .set("client.id", "waymark-judge");
     for (k, v) in &kafka.properties {
         // Producer settings do not concern the consumer (and librdkafka
@@ -368,7 +372,6 @@ pub fn run(
             if let Some(j) = lock(&consumer).as_mut() {
                 let _ = crate::sink::Sink::flush(&mut j.sink);
                 j.commit(&consumer, None);
-                j.measure_lag(&consumer);
             }
         }
     }

@@ -154,6 +154,9 @@ impl Replayer {
 /// Builds the replayer's consumer: outside the group, never committing.
 pub fn replayer(config: &rdkafka::ClientConfig, topic: &str) -> Result<Replayer, rdkafka::error::KafkaError> {
     let mut c = config.clone();
-    c.set("enable.auto.commit", "false").set("fetch.wait.max.ms", "50").set("enable.partition.eof", "false");
+    c.set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "50")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "0");
     Ok(Replayer { consumer: c.create()?, topic: topic.to_owned() })
 }
