@@ -279,6 +279,14 @@ fn hits_spread_over_three_edges_are_judged_as_one_process_judges_them() {
     until_assigned(&[&judges[0], &judges[1]]);
     let mut local = Service::start(&keys, &[]);
 
+    // Garbage and a future layout on the hits topic: counted, skipped.
+    let producer: rdkafka::producer::BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", &broker).create().unwrap();
+    for bad in [&b"not a hit record"[..], &[2, 0, 0, 0][..]] {
+        producer.send(rdkafka::producer::BaseRecord::to(&names.hits).key("x").payload(bad)).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(10)).unwrap();
+
     let hits = scenario(&keys);
     for (edge, path) in &hits {
         let ua = [("User-Agent", BROWSER)];
@@ -289,7 +297,9 @@ fn hits_spread_over_three_edges_are_judged_as_one_process_judges_them() {
         assert!(edge.stop().success());
     }
     assert!(local.stop().success());
-    until_judged(&[&judges[0], &judges[1]], hits.len() as u64);
+    until_judged(&[&judges[0], &judges[1]], hits.len() as u64 + 2);
+    let bad: u64 = judges.iter().map(|j| j.metric("waymark_judge_bad_records_total")).sum();
+    assert_eq!(bad, 2, "the garbage and the future layout are counted");
     for judge in &mut judges {
         assert!(judge.stop().success(), "a judge failed to stop:\n{}", log(&judge.dir));
     }
