@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, KeySpec, SinkSettings};
+use crate::config::{Config, JudgeMode, KeySpec, SinkSettings};
 use crate::startup;
 use crate::tenancy::Tenancy;
 use crate::token::{Claims, Link, Target};
@@ -19,6 +19,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     runtime.block_on(async {
         let base = tenancy.base_url(None).as_str().trim_end_matches('/').to_owned();
         let sink = config.sink.clone();
+        let judge = config.judge.clone();
         let demo = demo_links(&tenancy)?;
         let server = startup::start(config, tenancy).await?;
         let shutdown = crate::server::shutdown_signal();
@@ -30,9 +31,13 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
             println!("admin (metrics, instrument API) on http://{admin}");
         }
         let base = base.replace(":0", &format!(":{}", addr.port()));
-        match &sink {
-            SinkSettings::File(path) => println!("events are written to {}", path.display()),
-            SinkSettings::Kafka(k) => println!(
+        match (&sink, &judge) {
+            (SinkSettings::Kafka(k), JudgeMode::Kafka(hits)) => println!(
+                "hits go to the judges through Kafka at {} (topic {}); run `waymark judge` to judge them",
+                k.brokers, hits.topic
+            ),
+            (SinkSettings::File(path), _) => println!("events are written to {}", path.display()),
+            (SinkSettings::Kafka(k), _) => println!(
                 "events go to Kafka at {} (topic {}), spooled in {}",
                 k.brokers,
                 k.topic,

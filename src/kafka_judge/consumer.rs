@@ -147,7 +147,9 @@ impl Judging {
         let (p, offset) = (m.partition(), m.offset());
         let payload = m.payload().unwrap_or(&[]);
         let record = HitRecord::decode(payload);
-        if !self.partitions.get(&p).is_some_and(|part| part.live && part.next == offset) {
+        // A live partition goes on whatever the offset (a gap is records
+        // gone, not hits of ours); one taken up again is activated.
+        if !self.partitions.get(&p).is_some_and(|part| part.live) {
             let first_ms = record.as_ref().map(|r| (r.at.unix_timestamp_nanos() / 1_000_000) as i64);
             self.activate(p, offset, first_ms.unwrap_or(i64::MAX));
         }
