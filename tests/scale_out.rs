@@ -152,12 +152,16 @@ fn log(dir: &tempfile::TempDir) -> String {
     std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default()
 }
 
-/// Waits until the judges together hold every partition.
+/// Waits until the judges together hold every partition, each some.
 fn until_assigned(judges: &[&Judge]) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let want: u64 = PARTITIONS.parse().unwrap();
-    while judges.iter().map(|j| j.metric("waymark_judge_assigned_partitions")).sum::<u64>() != want {
-        assert!(Instant::now() < deadline, "the judges never held every partition between them");
+    loop {
+        let held: Vec<u64> = judges.iter().map(|j| j.metric("waymark_judge_assigned_partitions")).collect();
+        if held.iter().sum::<u64>() == want && !held.contains(&0) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the judges never shared every partition: {held:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -249,6 +253,24 @@ fn open(keys: &str, message: &str) -> String {
     format!("/o/{}", token::seal(&ring(keys), &open_claims(message)).unwrap())
 }
 
+fn unsubscribe(keys: &str, message: &str) -> String {
+    let claims = Claims { target: Target::Unsubscribe, ..open_claims(message) };
+    format!("/u/{}", token::seal(&ring(keys), &claims).unwrap())
+}
+
+/// RFC 8058's one-click POST.
+fn post(svc: &Service, path: &str) -> Response {
+    let body = b"List-Unsubscribe=One-Click";
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        svc.addr,
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    raw(svc.addr, &req)
+}
+
 /// The hits of the behaviour scenario, with the edge each goes to: a burst
 /// over one message's three links, a repeat open and a click back-fill,
 /// each split across edges, and opens of other messages in between.
@@ -293,11 +315,16 @@ fn hits_spread_over_three_edges_are_judged_as_one_process_judges_them() {
         assert!([200, 302].contains(&edges[*edge].get(path, &ua).status));
         assert!([200, 302].contains(&local.get(path, &ua).status));
     }
+    // An unsubscribe is confirmed once its hit record is durable in the spool.
+    let unsubscribe = unsubscribe(&keys, "leaving");
+    assert_eq!(post(&edges[2], &unsubscribe).status, 200, "confirmed through the hits topic");
+    assert_eq!(post(&local, &unsubscribe).status, 200);
+    let hits_sent = hits.len() + 1;
     for edge in &mut edges {
         assert!(edge.stop().success());
     }
     assert!(local.stop().success());
-    until_judged(&[&judges[0], &judges[1]], hits.len() as u64 + 2);
+    until_judged(&[&judges[0], &judges[1]], hits_sent as u64 + 2);
     let bad: u64 = judges.iter().map(|j| j.metric("waymark_judge_bad_records_total")).sum();
     assert_eq!(bad, 2, "the garbage and the future layout are counted");
     for judge in &mut judges {
@@ -324,6 +351,7 @@ fn hits_spread_over_three_edges_are_judged_as_one_process_judges_them() {
         1,
         "a repeat open on another edge is not counted twice"
     );
+    assert_eq!(of("leaving", "email.unsubscribed").len(), 1);
     let backfills = of("backfill", "email.opened");
     assert_eq!(backfills.len(), 1, "one back-fill for two clicks on two edges: {backfills:?}");
 }
@@ -371,4 +399,47 @@ fn a_judge_killed_while_hits_flow_leaves_every_hit_with_exactly_one_event() {
         assert_eq!(counted, 1, "m-{i} counted once across the kill: {of:?}");
     }
     eprintln!("{} events after dedup, {read} records on the topic", events.len());
+}
+
+#[test]
+fn judges_come_and_go_and_each_message_is_still_counted_once() {
+    let Some(broker) = broker() else { return };
+    let keys = key_entry("k1");
+    let names = Names::new("scale");
+    let env = names.env(&broker);
+    let mut first = Judge::start(&keys, &env);
+    let mut edges: Vec<Service> = (0..3).map(|_| Service::start(&keys, &env)).collect();
+    until_assigned(&[&first]);
+    const MESSAGES: usize = 24;
+    let ua = [("User-Agent", BROWSER)];
+    let paths: Vec<String> = (0..MESSAGES).map(|i| open(&keys, &format!("s-{i}"))).collect();
+    let round = |edges: &[Service], shift: usize| {
+        for (i, path) in paths.iter().enumerate() {
+            assert_eq!(edges[(i + shift) % 3].get(path, &ua).status, 200);
+        }
+    };
+    // One judge, then two (partitions move to the new one), then one again
+    // (the second leaves with SIGTERM): every message opened in each phase.
+    round(&edges, 0);
+    until_judged(&[&first], MESSAGES as u64);
+    let mut second = Judge::start(&keys, &env);
+    until_assigned(&[&first, &second]);
+    round(&edges, 1);
+    let (events, _) = events_on(&broker, &names.events, 2 * MESSAGES);
+    assert_eq!(events.len(), 2 * MESSAGES);
+    assert!(second.stop().success());
+    until_assigned(&[&first]);
+    round(&edges, 2);
+    let (events, read) = events_on(&broker, &names.events, 3 * MESSAGES);
+    for edge in &mut edges {
+        assert!(edge.stop().success());
+    }
+    assert!(first.stop().success());
+    assert_eq!(events.len(), 3 * MESSAGES, "one event per hit after dedup ({read} records)");
+    for i in 0..MESSAGES {
+        let of: Vec<&serde_json::Value> =
+            events.iter().filter(|e| e["data"]["object"]["email"]["id"] == format!("s-{i}")).collect();
+        let counted = of.iter().filter(|e| e["data"]["object"]["counted"] == true).count();
+        assert_eq!((of.len(), counted), (3, 1), "s-{i} across two rebalances: {of:?}");
+    }
 }
