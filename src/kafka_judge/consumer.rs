@@ -150,8 +150,9 @@ impl Judging {
         // A live partition goes on whatever the offset (a gap is records
         // gone, not hits of ours); one taken up again is activated.
         if !self.partitions.get(&p).is_some_and(|part| part.live) {
-            let first_ms = record.as_ref().map(|r| (r.at.unix_timestamp_nanos() / 1_000_000) as i64);
-            self.activate(p, offset, first_ms.unwrap_or(i64::MAX));
+            // A bad first record: the horizon is measured from now instead.
+            let at = record.as_ref().map_or_else(|_| time::OffsetDateTime::now_utc(), |r| r.at);
+            self.activate(p, offset, (at.unix_timestamp_nanos() / 1_000_000) as i64);
         }
         let Some(part) = self.partitions.get_mut(&p) else { return };
         if offset < part.next {
@@ -188,11 +189,7 @@ impl Judging {
         let mut judge = Judge::new(classifier, self.events.clone(), self.pipeline.clone());
         let (tenancy, stats) = (self.tenancy.clone(), self.stats.clone());
         let open = move |r: &HitRecord| open(&tenancy, &stats, r);
-        let rebuilt = if first_hit_ms == i64::MAX {
-            super::partition::Rebuilt { from: offset, ..Default::default() }
-        } else {
-            self.replayer.rebuild(p, offset, first_hit_ms, self.horizon, &mut judge, &open)
-        };
+        let rebuilt = self.replayer.rebuild(p, offset, first_hit_ms, self.horizon, &mut judge, &open);
         tracing::info!(
             partition = p,
             from = rebuilt.from,
