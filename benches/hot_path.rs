@@ -12,6 +12,7 @@ use waymark::classify::networks::NetworkList;
 use waymark::classify::{Classifier, Settings};
 use waymark::destination::Destination;
 use waymark::event::Event;
+use waymark::hit::record::HitRecord;
 use waymark::hit::{Hit, Method};
 use waymark::keys::{Key, KeyId, KeyRing};
 use waymark::token::{self, Claims, Kind, Link, Target};
@@ -178,14 +179,25 @@ fn judge(c: &mut Criterion) {
                 ..claims()
             };
             let at = now + time::Duration::milliseconds(i64::from(i));
+            let sealed = token::seal(&ring, &claims).unwrap();
             Hit {
                 id: waymark::hit::HitId::mint(at),
-                token: token::open(&ring, &token::seal(&ring, &claims).unwrap(), 0).unwrap(),
+                token: token::open(&ring, &sealed, 0).unwrap(),
                 at,
                 method: Method::Get,
                 client_ip: Some(IpAddr::from([203, 0, 113, (i % 200) as u8])),
                 user_agent: Some(user_agents[i as usize % user_agents.len()].into()),
+                sealed: Some(sealed.into()),
             }
+        })
+        .collect();
+    // The same hits as the edge forwards them with `judge = "kafka"`.
+    let records: Vec<Vec<u8>> = hits
+        .iter()
+        .map(|hit| {
+            let mut out = Vec::new();
+            HitRecord::of(hit, hit.sealed.as_deref().unwrap()).encode(&mut out);
+            out
         })
         .collect();
     let settings = waymark::event::Settings::default();
@@ -196,6 +208,30 @@ fn judge(c: &mut Criterion) {
     let mut next = hits.iter().cycle();
     c.bench_function("judge/hit_to_events", |b| {
         b.iter(|| judge.handle(black_box(next.next().unwrap()), &mut sink))
+    });
+    // `waymark judge`'s work per record besides Kafka: read the hit record,
+    // open its token again, judge, encode the events.
+    let mut judge = waymark::pipeline::Judge::new(
+        Classifier::new(&Settings::default()).unwrap(),
+        waymark::event::Settings::default(),
+        std::sync::Arc::new(waymark::pipeline::Stats::default()),
+    );
+    let mut next = records.iter().cycle();
+    c.bench_function("judge/hit_record_to_events", |b| {
+        b.iter(|| {
+            let record = HitRecord::decode(black_box(next.next().unwrap())).unwrap();
+            judge.handle(&record.open(&ring).unwrap(), &mut sink)
+        })
+    });
+    let mut next = hits.iter().cycle();
+    let mut out = Vec::with_capacity(512);
+    c.bench_function("edge/hit_record_encode", |b| {
+        b.iter(|| {
+            let hit = next.next().unwrap();
+            out.clear();
+            HitRecord::of(black_box(hit), hit.sealed.as_deref().unwrap()).encode(&mut out);
+            out.len()
+        })
     });
 }
 
