@@ -15,9 +15,12 @@ What runs, per values file in helm/waymark/ci/ and per Kubernetes version:
      Operator CRD's schema (node, @kubernetes-models/prometheus-operator).
   5. Consistency checks no schema can make: selectors match the pod labels,
      Service, Ingress, ServiceMonitor and HPA references resolve, every
-     WAYMARK_* variable set is one waymark reads (src/config.rs), the
+     WAYMARK_* variable set is one waymark reads (src/, or $WAYMARK_SRC), the
      TOML the chart writes parses, the restrictive securityContext is there,
-     shutdown fits the grace period.
+     shutdown fits the grace period. With judge.mode=kafka, the same for the
+     judge's Deployment, plus: no selector of one takes in the other's pods,
+     both run with the same settings, secrets and volumes, the judge never
+     surges past the partitions of the hits topic.
 Then values that must be refused are refused, with the expected message.
 """
 
@@ -122,6 +125,15 @@ def lint(values: dict, label: str, kube: str) -> None:
     check(not bad, f"helm lint --strict {label} (k8s {kube}): " + "; ".join(m["error"].strip() for m in bad))
 
 
+def role(workload: dict) -> str:
+    """edge (`waymark serve`) or judge (`waymark judge`, judge.mode=kafka)."""
+    return "judge" if workload["spec"]["template"]["spec"]["containers"][0].get("args") == ["judge"] else "edge"
+
+
+def pod_env(workload: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in workload["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+
+
 def check_manifests(docs: list[dict], values: dict, label: str, kube: str, env_known: set[str], servicemonitors: list) -> None:
     where = f"{label} (k8s {kube})"
     by_kind: dict[str, list[dict]] = {}
@@ -139,34 +151,55 @@ def check_manifests(docs: list[dict], values: dict, label: str, kube: str, env_k
         except kubernetes_validate.SchemaNotFoundError as e:
             check(False, f"{where}: no Kubernetes {kube} schema for {d['apiVersion']} {d['kind']}: {e.message}")
 
+    # One edge workload; with judge.mode=kafka also one judge Deployment.
     workloads = by_kind.get("Deployment", []) + by_kind.get("StatefulSet", [])
-    if not check(len(workloads) == 1, f"{where}: expected one Deployment or StatefulSet, got {len(workloads)}"):
+    edges = [w for w in workloads if role(w) == "edge"]
+    judges = [w for w in workloads if role(w) == "judge"]
+    judge_mode = values["judge"]["mode"] == "kafka"
+    if not check(len(edges) == 1, f"{where}: expected one edge Deployment or StatefulSet (waymark serve), got {len(edges)}"):
         return
-    w = workloads[0]
+    if not check(len(judges) == int(judge_mode), f"{where}: {len(judges)} judge workloads (waymark judge) with judge.mode={values['judge']['mode']}"):
+        return
+    w = edges[0]
     want_kind = "StatefulSet" if values["persistence"]["enabled"] else "Deployment"
     check(w["kind"] == want_kind, f"{where}: workload is a {w['kind']}, expected {want_kind}")
-    pod = w["spec"]["template"]
-    pod_labels = pod["metadata"]["labels"]
-    spec = pod["spec"]
-    check(matches(w["spec"]["selector"]["matchLabels"], pod_labels), f"{where}: workload selector does not match its pod labels")
-    (c,) = spec["containers"]
-    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    env = {e["name"]: e for e in c.get("env", [])}
+    for j in judges:
+        check(j["kind"] == "Deployment", f"{where}: the judge is a {j['kind']}, expected a Deployment (its spool is judged again if lost)")
+    labels_of = {id(x): x["spec"]["template"]["metadata"]["labels"] for x in workloads}
+    for x in workloads:
+        check(matches(x["spec"]["selector"]["matchLabels"], labels_of[id(x)]), f"{where}: {x['kind']}/{x['metadata']['name']} selector does not match its pod labels")
+        for y in workloads:
+            if y is not x:
+                check(not matches(x["spec"]["selector"]["matchLabels"], labels_of[id(y)]), f"{where}: {x['kind']}/{x['metadata']['name']} selector also takes in the pods of {y['kind']}/{y['metadata']['name']}")
+
+    def selected(selector: dict) -> list[dict]:
+        """The workloads whose pods a label selector takes in."""
+        return [x for x in workloads if matches(selector, labels_of[id(x)])]
+
+    def ports_of(x: dict) -> dict[str, int]:
+        return {p["name"]: p["containerPort"] for p in x["spec"]["template"]["spec"]["containers"][0]["ports"]}
 
     # Replicas: the HPA owns the count when it exists.
-    hpas = by_kind.get("HorizontalPodAutoscaler", [])
-    check(bool(hpas) == values["autoscaling"]["enabled"], f"{where}: HPA present={bool(hpas)} but autoscaling.enabled={values['autoscaling']['enabled']}")
-    check(("replicas" in w["spec"]) != bool(hpas), f"{where}: replicas must be set exactly when there is no HPA")
-    for h in hpas:
+    hpas_of: dict[int, list] = {id(x): [] for x in workloads}
+    for h in by_kind.get("HorizontalPodAutoscaler", []):
         ref = h["spec"]["scaleTargetRef"]
-        check((ref["kind"], ref["name"]) == (w["kind"], w["metadata"]["name"]), f"{where}: HPA targets {ref['kind']}/{ref['name']}, not the workload")
+        target = [x for x in workloads if (ref["kind"], ref["name"]) == (x["kind"], x["metadata"]["name"])]
+        if check(len(target) == 1, f"{where}: HPA/{h['metadata']['name']} targets {ref['kind']}/{ref['name']}, which is not a workload"):
+            hpas_of[id(target[0])].append(h)
+    check(bool(hpas_of[id(w)]) == values["autoscaling"]["enabled"], f"{where}: edge HPA present={bool(hpas_of[id(w)])} but autoscaling.enabled={values['autoscaling']['enabled']}")
+    for j in judges:
+        check(bool(hpas_of[id(j)]) == values["judge"]["autoscaling"]["enabled"], f"{where}: judge HPA present={bool(hpas_of[id(j)])} but judge.autoscaling.enabled={values['judge']['autoscaling']['enabled']}")
+    for x in workloads:
+        check(len(hpas_of[id(x)]) <= 1, f"{where}: several HPAs scale {x['metadata']['name']}")
+        check(("replicas" in x["spec"]) != bool(hpas_of[id(x)]), f"{where}: {x['metadata']['name']}: replicas must be set exactly when there is no HPA")
 
-    # Services, Ingress, ServiceMonitor, PDB all find the pods and their ports.
+    # Services, Ingress, ServiceMonitor, PDB each find the pods of one workload, and their ports.
     services = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
     for s in services.values():
-        check(matches(s["spec"]["selector"], pod_labels), f"{where}: Service/{s['metadata']['name']} selects no pod")
-        for p in s["spec"]["ports"]:
-            check(p["targetPort"] in ports, f"{where}: Service/{s['metadata']['name']} port {p['name']} targets {p['targetPort']}, not a container port")
+        sel = selected(s["spec"]["selector"])
+        if check(len(sel) == 1, f"{where}: Service/{s['metadata']['name']} selects the pods of {len(sel)} workloads, expected one"):
+            for p in s["spec"]["ports"]:
+                check(p["targetPort"] in ports_of(sel[0]), f"{where}: Service/{s['metadata']['name']} port {p['name']} targets {p['targetPort']}, not a container port of {sel[0]['metadata']['name']}")
     for ing in by_kind.get("Ingress", []):
         check(sorted(r["host"] for r in ing["spec"]["rules"]) == sorted(values["ingress"]["hosts"]), f"{where}: Ingress hosts differ from ingress.hosts")
         for r in ing["spec"]["rules"]:
@@ -175,21 +208,76 @@ def check_manifests(docs: list[dict], values: dict, label: str, kube: str, env_k
                 svc = services.get(b["name"])
                 check(svc is not None and any(sp["name"] == b["port"].get("name") for sp in svc["spec"]["ports"]), f"{where}: Ingress path {r['host']}{p['path']} points at a missing Service port")
                 check(b["port"].get("name") == "http", f"{where}: Ingress must route to the public port only")
+                check(svc is not None and selected(svc["spec"]["selector"]) == [w], f"{where}: Ingress path {r['host']}{p['path']} routes to pods other than the edge's")
     for sm in by_kind.get("ServiceMonitor", []):
         for ep in sm["spec"]["endpoints"]:
             check(any(matches(sm["spec"]["selector"]["matchLabels"], s["metadata"]["labels"]) and any(p["name"] == ep["port"] for p in s["spec"]["ports"]) for s in services.values()), f"{where}: ServiceMonitor endpoint port {ep['port']} is on no selected Service")
+    pdbs_of: dict[int, list] = {id(x): [] for x in workloads}
     for pdb in by_kind.get("PodDisruptionBudget", []):
-        check(matches(pdb["spec"]["selector"]["matchLabels"], pod_labels), f"{where}: PDB selects no pod")
-    check(bool(by_kind.get("PodDisruptionBudget")) == values["podDisruptionBudget"]["enabled"], f"{where}: PDB presence differs from podDisruptionBudget.enabled")
-    check(bool(by_kind.get("ServiceMonitor")) == values["metrics"]["serviceMonitor"]["enabled"], f"{where}: ServiceMonitor presence differs from metrics.serviceMonitor.enabled")
+        sel = selected(pdb["spec"]["selector"]["matchLabels"])
+        if check(len(sel) == 1, f"{where}: PDB/{pdb['metadata']['name']} selects the pods of {len(sel)} workloads, expected one"):
+            pdbs_of[id(sel[0])].append(pdb)
+    check(bool(pdbs_of[id(w)]) == values["podDisruptionBudget"]["enabled"], f"{where}: edge PDB presence differs from podDisruptionBudget.enabled")
+    for j in judges:
+        check(bool(pdbs_of[id(j)]) == values["judge"]["podDisruptionBudget"]["enabled"], f"{where}: judge PDB presence differs from judge.podDisruptionBudget.enabled")
+    want_monitors = (1 + len(judges)) if values["metrics"]["serviceMonitor"]["enabled"] else 0
+    check(len(by_kind.get("ServiceMonitor", [])) == want_monitors, f"{where}: {len(by_kind.get('ServiceMonitor', []))} ServiceMonitors, expected {want_monitors} (one for the edge, one for the judge)")
     check(bool(by_kind.get("Ingress")) == values["ingress"]["enabled"], f"{where}: Ingress presence differs from ingress.enabled")
-    check(("admin" in ports) == values["admin"]["enabled"], f"{where}: admin port presence differs from admin.enabled")
+    check(("admin" in ports_of(w)) == values["admin"]["enabled"], f"{where}: admin port presence differs from admin.enabled")
 
-    # Probes on the public port.
-    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, f"{where}: liveness probe is not GET /healthz on http")
-    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, f"{where}: readiness probe is not GET /readyz on http")
-    check(ports.get("http") == 8080 and env["WAYMARK_LISTEN"]["value"] == "0.0.0.0:8080", f"{where}: public listener is not 0.0.0.0:8080")
-    if values["admin"]["enabled"]:
+    # The edge and the judge run with one configuration: the same topics and
+    # group, and the same config, key ring and secrets (the judge opens the
+    # tokens again and produces the events).
+    edge_env = pod_env(w)
+    if judge_mode:
+        (j,) = judges
+        judge_env = pod_env(j)
+        for name in ["WAYMARK_JUDGE", "WAYMARK_KAFKA_HITS_TOPIC", "WAYMARK_KAFKA_JUDGE_GROUP", "WAYMARK_KAFKA_HITS_PARTITIONS", "WAYMARK_KAFKA_BROKERS"]:
+            check(name in edge_env and edge_env.get(name) == judge_env.get(name), f"{where}: {name} differs between the edge and the judge, or is missing")
+        check(edge_env.get("WAYMARK_JUDGE", {}).get("value") == "kafka", f"{where}: judge.mode=kafka but the edge's WAYMARK_JUDGE is not kafka")
+        for name in set(edge_env) | set(judge_env):
+            if name not in {"WAYMARK_LISTEN", "WAYMARK_ADMIN_LISTEN", "WAYMARK_ADMIN_TOKEN"}:
+                check(edge_env.get(name) == judge_env.get(name), f"{where}: {name} differs between the edge and the judge")
+        check("WAYMARK_ADMIN_TOKEN" not in judge_env and "WAYMARK_LISTEN" not in judge_env, f"{where}: the judge has a public listener or an admin token; it serves neither")
+        ev = {v["name"]: v for v in w["spec"]["template"]["spec"]["volumes"]}
+        jv = {v["name"]: v for v in j["spec"]["template"]["spec"]["volumes"]}
+        for name in set(ev) | set(jv):
+            if name != "data":
+                check(ev.get(name) == jv.get(name), f"{where}: volume {name} differs between the edge and the judge")
+        check("emptyDir" in jv.get("data", {}), f"{where}: the judge's data directory is not an emptyDir")
+        roll = j["spec"].get("strategy", {}).get("rollingUpdate", {})
+        check(roll.get("maxSurge") == 0, f"{where}: the judge's rollout may add a pod first (maxSurge {roll.get('maxSurge')}): with as many judges as partitions it would never be ready")
+        most = hpas_of[id(j)][0]["spec"]["maxReplicas"] if hpas_of[id(j)] else j["spec"]["replicas"]
+        check(most <= int(judge_env["WAYMARK_KAFKA_HITS_PARTITIONS"]["value"]), f"{where}: up to {most} judges for {judge_env['WAYMARK_KAFKA_HITS_PARTITIONS']['value']} partitions")
+    else:
+        check(not any(n in edge_env for n in ["WAYMARK_JUDGE", "WAYMARK_KAFKA_HITS_TOPIC", "WAYMARK_KAFKA_JUDGE_GROUP", "WAYMARK_KAFKA_HITS_PARTITIONS"]), f"{where}: judge.mode=local but the edge is given Kafka judge settings")
+        threads = values["judge"].get("threads")
+        got = edge_env.get("WAYMARK_JUDGE_THREADS", {}).get("value")
+        check(got == (None if threads is None else str(threads)), f"{where}: WAYMARK_JUDGE_THREADS is {got!r}, judge.threads is {threads!r}")
+
+    for x in workloads:
+        check_pod(x, role(x), values, by_kind, docs, f"{where} {role(x)}", kube, env_known)
+
+
+def check_pod(w: dict, role: str, values: dict, by_kind: dict, docs: list[dict], where: str, kube: str, env_known: set[str]) -> None:
+    """What must hold of one workload's pod, the edge's or the judge's."""
+    pod = w["spec"]["template"]
+    spec = pod["spec"]
+    (c,) = spec["containers"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    env = {e["name"]: e for e in c.get("env", [])}
+
+    # Probes: the edge's on the public port, the judge's on the admin port
+    # (it has no other).
+    port = "admin" if role == "judge" else "http"
+    check(c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}, f"{where}: liveness probe is not GET /healthz on {port}")
+    check(c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}, f"{where}: readiness probe is not GET /readyz on {port}")
+    check(c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": port}, f"{where}: startup probe is not GET /healthz on {port}")
+    if role == "edge":
+        check(ports.get("http") == 8080 and env["WAYMARK_LISTEN"]["value"] == "0.0.0.0:8080", f"{where}: public listener is not 0.0.0.0:8080")
+    else:
+        check("http" not in ports, f"{where}: the judge has a public port")
+    if values["admin"]["enabled"] or role == "judge":
         check(ports.get("admin") == 9090 and env["WAYMARK_ADMIN_LISTEN"]["value"] == "0.0.0.0:9090", f"{where}: admin listener is not 0.0.0.0:9090")
 
     # Environment: only variables waymark reads (plus the chart's own helper).
@@ -243,9 +331,10 @@ def check_manifests(docs: list[dict], values: dict, label: str, kube: str, env_k
         check(psc.get("fsGroup") == 65532, f"{where}: fsGroup is not 65532 (volumes would not be writable)")
     check(spec.get("automountServiceAccountToken") is False, f"{where}: the service account token is mounted")
 
-    # Shutdown fits in the grace period; the preStop sleep only where the kubelet has it.
+    # Shutdown fits in the grace period; the preStop sleep only where the
+    # kubelet has it, and only on the edge (nothing routes to a judge).
     sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    want_sleep = values["preStopSleepSeconds"] if tuple(map(int, kube.split(".")[:2])) >= (1, 30) else 0
+    want_sleep = values["preStopSleepSeconds"] if role == "edge" and tuple(map(int, kube.split(".")[:2])) >= (1, 30) else 0
     check(sleep == want_sleep, f"{where}: preStop sleep is {sleep}s, expected {want_sleep}s")
     need_ms = sleep * 1000 + int(env["WAYMARK_SHUTDOWN_GRACE_MS"]["value"]) + (int(env["WAYMARK_KAFKA_FLUSH_TIMEOUT_MS"]["value"]) if "WAYMARK_KAFKA_BROKERS" in env else 0)
     check(spec["terminationGracePeriodSeconds"] * 1000 > need_ms, f"{where}: terminationGracePeriodSeconds {spec['terminationGracePeriodSeconds']} does not cover shutdown ({need_ms} ms)")
@@ -300,6 +389,15 @@ REFUSED = [
     ("HPA min above max", {"keys": {"existingSecret": "k"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "minReplicas is above"),
     ("geoip file without a volume", {"keys": {"existingSecret": "k"}, "geoip": {"asnDb": "a.mmdb"}}, "geoip.volume"),
     ("bad digest", {"keys": {"existingSecret": "k"}, "image": {"digest": "latest"}}, "/image/digest"),
+    ("unknown judge mode", {"keys": {"existingSecret": "k"}, "judge": {"mode": "remote"}}, "/judge/mode"),
+    ("no judge threads", {"keys": {"existingSecret": "k"}, "judge": {"threads": 0}}, "/judge/threads"),
+    ("Kafka judge without brokers", {"keys": {"existingSecret": "k"}, "judge": {"mode": "kafka"}}, "needs kafka.brokers"),
+    ("judge threads with the Kafka judge", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092"}, "judge": {"mode": "kafka", "threads": 4}}, "judge.threads is for judge.mode=local"),
+    ("hits on the events topic", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092", "hitsTopic": "waymark.events"}, "judge": {"mode": "kafka"}}, "a topic of their own"),
+    ("more judges than partitions", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092", "hitsPartitions": 2}, "judge": {"mode": "kafka", "replicaCount": 3}}, "never becomes ready"),
+    ("judges autoscaled past the partitions", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092"}, "judge": {"mode": "kafka", "autoscaling": {"enabled": True, "maxReplicas": 7}}}, "judge.autoscaling.maxReplicas"),
+    ("judge HPA min above max", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092"}, "judge": {"mode": "kafka", "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 3}}}, "judge.autoscaling.minReplicas is above"),
+    ("judge PDB without a bound", {"keys": {"existingSecret": "k"}, "kafka": {"brokers": "k:9092"}, "judge": {"mode": "kafka", "podDisruptionBudget": {"maxUnavailable": ""}}}, "judge.podDisruptionBudget needs"),
 ]
 
 

@@ -34,6 +34,32 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: waymark
 {{- end }}
 
+{{/*
+The judge (judge.mode=kafka): its own name and labels. Its
+app.kubernetes.io/name differs from the edge's, so the edge's selectors
+(Deployment, Service, PDB, anti-affinity) never take in a judge pod, and the
+edge's labels stay what they were before the judge existed (a Deployment's
+selector cannot change in an upgrade).
+*/}}
+{{- define "waymark.judgeEnabled" -}}
+{{- if eq .Values.judge.mode "kafka" }}true{{ end }}
+{{- end }}
+{{- define "waymark.judgeFullname" -}}
+{{- printf "%s-judge" (include "waymark.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+{{- define "waymark.judgeSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-judge" (include "waymark.name" . | trunc 57 | trimSuffix "-") }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+{{- define "waymark.judgeLabels" -}}
+helm.sh/chart: {{ include "waymark.chart" . }}
+{{ include "waymark.judgeSelectorLabels" . }}
+app.kubernetes.io/component: judge
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: waymark
+{{- end }}
+
 {{- define "waymark.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "waymark.fullname" .) .Values.serviceAccount.name }}
@@ -128,6 +154,27 @@ the rules that span several values.
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "waymark: autoscaling.minReplicas is above autoscaling.maxReplicas." }}
 {{- end }}
+{{- if include "waymark.judgeEnabled" . }}
+{{- if not .Values.kafka.brokers }}
+{{- fail "waymark: judge.mode=kafka needs kafka.brokers (the edges publish hits to Kafka and the judges read them from it)." }}
+{{- end }}
+{{- if eq .Values.kafka.hitsTopic .Values.kafka.topic }}
+{{- fail (printf "waymark: kafka.hitsTopic=%s is also kafka.topic; the hits need a topic of their own." .Values.kafka.hitsTopic) }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.judge.threads) }}
+{{- fail "waymark: judge.threads is for judge.mode=local; with kafka the judges are the judge Deployment (judge.replicaCount or judge.autoscaling)." }}
+{{- end }}
+{{- $judges := ternary .Values.judge.autoscaling.maxReplicas .Values.judge.replicaCount .Values.judge.autoscaling.enabled | int }}
+{{- if gt $judges (int .Values.kafka.hitsPartitions) }}
+{{- fail (printf "waymark: %d judges (%s) but kafka.hitsPartitions=%d: a judge without a partition of the hits topic does nothing and never becomes ready. Run at most as many judges as the topic has partitions." $judges (ternary "judge.autoscaling.maxReplicas" "judge.replicaCount" .Values.judge.autoscaling.enabled) (int .Values.kafka.hitsPartitions)) }}
+{{- end }}
+{{- if and .Values.judge.autoscaling.enabled (gt (int .Values.judge.autoscaling.minReplicas) (int .Values.judge.autoscaling.maxReplicas)) }}
+{{- fail "waymark: judge.autoscaling.minReplicas is above judge.autoscaling.maxReplicas." }}
+{{- end }}
+{{- if and .Values.judge.podDisruptionBudget.enabled (eq (toString .Values.judge.podDisruptionBudget.minAvailable) "") (eq (toString .Values.judge.podDisruptionBudget.maxUnavailable) "") }}
+{{- fail "waymark: judge.podDisruptionBudget needs maxUnavailable or minAvailable." }}
+{{- end }}
+{{- end }}
 {{- /* Shutdown must fit in the grace period, or the kubelet SIGKILLs a pod still writing events. */}}
 {{- $needMs := add (mul (int .Values.preStopSleepSeconds) 1000) (int .Values.shutdownGraceMs) }}
 {{- if .Values.kafka.brokers }}
@@ -138,19 +185,36 @@ the rules that span several values.
 {{- end }}
 {{- end }}
 
-{{/* The pod template, shared by the Deployment and the StatefulSet. */}}
+{{/*
+The pod template, shared by the edge (Deployment or StatefulSet) and the
+judge's Deployment: include it with (dict "root" $ "judge" BOOL). The judge
+runs `waymark judge` with the edge's config, keys, secrets and volumes (it
+opens the tokens again and produces the events), but no public listener:
+its probes are on the admin port, and its data directory is always an
+emptyDir (it commits the hits topic's offsets only once their events are
+acknowledged, so a lost spool is judged again, never lost).
+*/}}
 {{- define "waymark.podTemplate" -}}
+{{- $judge := .judge -}}
+{{- $root := .root -}}
+{{- with .root -}}
+{{- $selector := include "waymark.selectorLabels" . }}
+{{- if $judge }}{{ $selector = include "waymark.judgeSelectorLabels" . }}{{ end -}}
 metadata:
   labels:
+    {{- if $judge }}
+    {{- include "waymark.judgeLabels" . | nindent 4 }}
+    {{- else }}
     {{- include "waymark.labels" . | nindent 4 }}
+    {{- end }}
     {{- with .Values.podLabels }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
   annotations:
     # Roll the pods when the config, or a Secret the chart writes, changes.
     # The scanner rules are left out: waymark reloads them live.
-    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
-    checksum/secrets: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    checksum/secrets: {{ include (print $root.Template.BasePath "/secret.yaml") . | sha256sum }}
     {{- if .Values.metrics.podAnnotations }}
     prometheus.io/scrape: "true"
     prometheus.io/port: "9090"
@@ -177,12 +241,14 @@ spec:
     - name: waymark
       image: {{ include "waymark.image" . | quote }}
       imagePullPolicy: {{ .Values.image.pullPolicy }}
-      args: ["serve"]
+      args: [{{ ternary "judge" "serve" $judge | quote }}]
       ports:
+        {{- if not $judge }}
         - name: http
           containerPort: 8080
           protocol: TCP
-        {{- if .Values.admin.enabled }}
+        {{- end }}
+        {{- if or .Values.admin.enabled $judge }}
         - name: admin
           containerPort: 9090
           protocol: TCP
@@ -190,13 +256,17 @@ spec:
       env:
         - name: WAYMARK_CONFIG
           value: /etc/waymark/config/waymark.toml
+        {{- if not $judge }}
         - name: WAYMARK_LISTEN
           value: "0.0.0.0:8080"
-        {{- if .Values.admin.enabled }}
+        {{- end }}
+        {{- if or .Values.admin.enabled $judge }}
         - name: WAYMARK_ADMIN_LISTEN
           value: "0.0.0.0:9090"
         {{- end }}
-        {{- if .Values.admin.token.existingSecret }}
+        {{- if $judge }}
+        {{- /* The judge has no /v1 API: it gets no admin token. */}}
+        {{- else if .Values.admin.token.existingSecret }}
         - name: WAYMARK_ADMIN_TOKEN
           valueFrom:
             secretKeyRef:
@@ -287,6 +357,19 @@ spec:
           value: {{ join "," $props | quote }}
         {{- end }}
         {{- end }}
+        {{- if include "waymark.judgeEnabled" . }}
+        - name: WAYMARK_JUDGE
+          value: kafka
+        - name: WAYMARK_KAFKA_HITS_TOPIC
+          value: {{ .Values.kafka.hitsTopic | quote }}
+        - name: WAYMARK_KAFKA_JUDGE_GROUP
+          value: {{ .Values.kafka.judgeGroup | quote }}
+        - name: WAYMARK_KAFKA_HITS_PARTITIONS
+          value: {{ .Values.kafka.hitsPartitions | int64 | quote }}
+        {{- else if not (kindIs "invalid" .Values.judge.threads) }}
+        - name: WAYMARK_JUDGE_THREADS
+          value: {{ .Values.judge.threads | int64 | quote }}
+        {{- end }}
         {{- with .Values.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -297,26 +380,27 @@ spec:
       startupProbe:
         httpGet:
           path: /healthz
-          port: http
+          port: {{ ternary "admin" "http" $judge }}
         {{- toYaml .Values.startupProbe | nindent 8 }}
       livenessProbe:
         httpGet:
           path: /healthz
-          port: http
+          port: {{ ternary "admin" "http" $judge }}
         {{- toYaml .Values.livenessProbe | nindent 8 }}
       readinessProbe:
         httpGet:
           path: /readyz
-          port: http
+          port: {{ ternary "admin" "http" $judge }}
         {{- toYaml .Values.readinessProbe | nindent 8 }}
-      {{- if include "waymark.preStopSleep" . }}
+      {{- /* Nothing routes traffic to a judge: no sleep for load balancers to catch up. */}}
+      {{- if and (not $judge) (include "waymark.preStopSleep" .) }}
       lifecycle:
         preStop:
           sleep:
             seconds: {{ .Values.preStopSleepSeconds }}
       {{- end }}
       resources:
-        {{- toYaml .Values.resources | nindent 8 }}
+        {{- toYaml (ternary .Values.judge.resources .Values.resources $judge) | nindent 8 }}
       securityContext:
         {{- toYaml .Values.securityContext | nindent 8 }}
       volumeMounts:
@@ -347,7 +431,7 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
   volumes:
-    {{- if not .Values.persistence.enabled }}
+    {{- if or $judge (not .Values.persistence.enabled) }}
     - name: data
       emptyDir:
         {{- with .Values.persistence.emptyDir.sizeLimit }}
@@ -402,7 +486,7 @@ spec:
             topologyKey: kubernetes.io/hostname
             labelSelector:
               matchLabels:
-                {{- include "waymark.selectorLabels" . | nindent 16 }}
+                {{- $selector | nindent 16 }}
   {{- else if eq .Values.podAntiAffinityPreset "hard" }}
   affinity:
     podAntiAffinity:
@@ -410,16 +494,17 @@ spec:
         - topologyKey: kubernetes.io/hostname
           labelSelector:
             matchLabels:
-              {{- include "waymark.selectorLabels" . | nindent 14 }}
+              {{- $selector | nindent 14 }}
   {{- end }}
   {{- with .Values.topologySpreadConstraints }}
   topologySpreadConstraints:
     {{- range . }}
     {{- $constraint := deepCopy . }}
     {{- if not $constraint.labelSelector }}
-    {{- $_ := set $constraint "labelSelector" (dict "matchLabels" (include "waymark.selectorLabels" $ | fromYaml)) }}
+    {{- $_ := set $constraint "labelSelector" (dict "matchLabels" ($selector | fromYaml)) }}
     {{- end }}
     - {{ toYaml $constraint | nindent 6 | trim }}
     {{- end }}
   {{- end }}
+{{- end }}
 {{- end }}
