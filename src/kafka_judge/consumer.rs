@@ -187,8 +187,9 @@ impl Judging {
         // Shares the rules and caches; the behaviour state is the partition's own.
         let classifier = self.classifier.shard();
         let mut judge = Judge::new(classifier, self.events.clone(), self.pipeline.clone());
-        let (tenancy, stats) = (self.tenancy.clone(), self.stats.clone());
-        let open = move |r: &HitRecord| open(&tenancy, &stats, r);
+        // Bad records met again while rebuilding were counted when first judged.
+        let (tenancy, uncounted) = (self.tenancy.clone(), JudgeStats::default());
+        let open = move |r: &HitRecord| open(&tenancy, &uncounted, r);
         let rebuilt = self.replayer.rebuild(p, offset, first_hit_ms, self.horizon, &mut judge, &open);
         tracing::info!(
             partition = p,
