@@ -443,3 +443,15 @@ fn judges_come_and_go_and_each_message_is_still_counted_once() {
         assert_eq!((of.len(), counted), (3, 1), "s-{i} across two rebalances: {of:?}");
     }
 }
+
+#[test]
+fn judge_without_the_kafka_mode_says_what_it_needs() {
+    let cases: [(&str, Vec<(&str, &str)>); 2] =
+        [("local mode", vec![]), ("no brokers", vec![("WAYMARK_JUDGE", "kafka")])];
+    for (name, env) in cases {
+        let out = waymark(&["judge"], &env);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+        assert!(!out.status.success(), "{name}: {stderr}");
+        assert!(stderr.contains("judge") && stderr.contains("kafka.brokers"), "{name}: {stderr}");
+    }
+}
