@@ -82,7 +82,42 @@ fn an_ordinary_open_and_click_count_as_human_with_a_device() {
         assert_eq!(obj(e)["ip_address"], "203.0.113.10", "X-Forwarded-For from a trusted proxy");
         assert_eq!(obj(e)["device"]["category"], "pc");
         assert_eq!(obj(e)["device"]["name"], "Safari");
-        assert!(obj(e)["rules_version"].as_str().unwrap().starts_with("ua-"));
+        assert_eq!(obj(e)["agent_category"], "browser");
+        let version = obj(e)["rules_version"].as_str().unwrap();
+        assert!(version.starts_with("ua-") && version.contains("+cua-1.67.0+net-"), "{version}");
+    }
+}
+
+#[test]
+fn the_vendored_crawler_list_names_machines_our_rules_do_not() {
+    let h = Harness::start(&[]);
+    // (user agent, verdict, reason, agent_category): the first two only the
+    // vendored list knows; the third our own rule knows first.
+    let cases = [
+        ("Blackbox Exporter/0.24.0", "bot", "ua:list-blackbox-exporter", "monitoring"),
+        (
+            "Mozilla/5.0 (compatible; NetcraftSurveyAgent/1.0; +info@netcraft.com)",
+            "scanner",
+            "ua:list-netcraftsurveyagent",
+            "security-scanner",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)",
+            "proxy",
+            "ua:google-image-proxy",
+            "image-proxy",
+        ),
+    ];
+    for (i, (ua, ..)) in cases.iter().enumerate() {
+        h.open(&open_claims(&format!("m-list-{i}")), "203.0.113.60", ua);
+    }
+    let events = h.events(cases.len());
+    for (e, (ua, verdict, reason, category)) in events.iter().zip(cases) {
+        assert_eq!(
+            (obj(e)["verdict"].as_str(), reasons(e).first().copied(), obj(e)["agent_category"].as_str()),
+            (Some(verdict), Some(reason), Some(category)),
+            "{ua}"
+        );
     }
 }
 

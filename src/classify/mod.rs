@@ -3,9 +3,12 @@
 //! fired, so a user can always see why a hit did or did not count.
 //!
 //! Signals, in the order they are read:
-//! - the user agent against the rule list ([`rules`], data not code) and
-//!   woothee's parse (its `crawler` category), cached per user agent in a
-//!   bounded moka cache whose `get_with` computes a missing entry once;
+//! - the user agent against waymark's rule list ([`rules`], data not
+//!   code), then the vendored list of crawlers ([`crawlers`]), then the
+//!   rule list's generic fallbacks and woothee's parse (its `crawler`
+//!   category); what kind of agent it is becomes its [`Category`]; all
+//!   cached per user agent in a bounded moka cache whose `get_with`
+//!   computes a missing entry once;
 //! - the client's network against the scanner-network list and, when
 //!   configured, an ASN database ([`networks`]);
 //! - the request: HEAD never counts; a hit within `prefetch_window` of the
@@ -16,7 +19,10 @@
 //! The classifier never blocks and never fails: what it cannot tell it
 //! leaves at `human`.
 
+mod agent;
 pub mod behaviour;
+pub mod category;
+pub mod crawlers;
 pub mod networks;
 pub mod rules;
 
@@ -29,7 +35,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use self::behaviour::Withdrawn;
+pub use self::category::Category;
+
+use self::agent::UaFacts;
 use self::behaviour::{Behaviour, MessageKey, Seen, Windows};
+use self::crawlers::CrawlerList;
 use self::networks::{Asn, Databases, Geo, NetworkList};
 use self::rules::{RuleFile, Rules};
 use crate::hit::{Hit, Method};
@@ -143,6 +153,8 @@ pub struct Device {
 pub struct Assessment {
     pub verdict: Verdict,
     pub reasons: Vec<Reason>,
+    /// What kind of agent the user agent names.
+    pub category: Category,
     pub machine_open: bool,
     pub device: Option<Device>,
     pub geo: Option<Geo>,
@@ -155,6 +167,7 @@ pub struct Judgement {
     pub verdict: Verdict,
     pub counted: bool,
     pub reasons: Vec<Reason>,
+    pub agent_category: Category,
     pub device: Option<Device>,
     pub geo: Option<Geo>,
     pub asn: Option<Asn>,
@@ -219,14 +232,6 @@ pub enum ClassifyError {
     Networks(#[from] networks::NetworksError),
 }
 
-/// What a user agent says, computed once per distinct string.
-#[derive(Debug)]
-struct UaFacts {
-    device: Option<Device>,
-    rule: Option<Arc<rules::Rule>>,
-    crawler: bool,
-}
-
 /// Cache hits and misses, for metrics.
 #[derive(Debug, Default)]
 pub struct CacheStats {
@@ -239,6 +244,7 @@ const RELOAD_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Classifier {
     rules: Arc<Rules>,
+    crawlers: Arc<CrawlerList>,
     rule_file: Option<RuleFile>,
     checked_at: Instant,
     rules_version: Arc<str>,
@@ -269,10 +275,12 @@ impl Classifier {
             None => (None, Rules::builtin()),
         };
         let networks = NetworkList::builtin();
+        let crawlers = CrawlerList::builtin();
         let databases = Databases::open(settings.asn_db.as_deref(), settings.city_db.as_deref())?;
-        let rules_version = version(&rules, &networks);
+        let rules_version = version(&rules, &crawlers, &networks);
         Ok(Classifier {
             rules: Arc::new(rules),
+            crawlers: Arc::new(crawlers),
             rule_file,
             checked_at: Instant::now(),
             rules_version,
@@ -297,6 +305,7 @@ impl Classifier {
     pub fn shard(&self) -> Classifier {
         Classifier {
             rules: self.rules.clone(),
+            crawlers: self.crawlers.clone(),
             rule_file: self.rule_file.clone(),
             checked_at: self.checked_at,
             rules_version: self.rules_version.clone(),
@@ -327,7 +336,7 @@ impl Classifier {
         }
         self.checked_at = Instant::now();
         if let Some(rules) = file.reload() {
-            self.rules_version = version(&rules, &self.networks);
+            self.rules_version = version(&rules, &self.crawlers, &self.networks);
             self.rules = Arc::new(rules);
             // Cached facts carry the old rules' matches.
             self.cache.invalidate_all();
@@ -340,19 +349,8 @@ impl Classifier {
             return facts;
         }
         self.cache_stats.misses.fetch_add(1, Ordering::Relaxed);
-        self.cache.get_with(ua.to_owned(), || {
-            let parsed = self.woothee.parse(ua);
-            let known =
-                |s: &str| (s != woothee::woothee::VALUE_UNKNOWN && !s.is_empty()).then(|| s.to_owned());
-            let crawler = parsed.as_ref().is_some_and(|p| p.category == "crawler");
-            let device = parsed.map(|p| Device {
-                category: known(p.category),
-                name: known(p.name),
-                os: known(p.os),
-                version: known(p.version),
-            });
-            Arc::new(UaFacts { device, rule: self.rules.find(ua).cloned(), crawler })
-        })
+        self.cache
+            .get_with(ua.to_owned(), || Arc::new(agent::read(ua, &self.woothee, &self.rules, &self.crawlers)))
     }
 
     /// What the request alone says: user agent and network. This is the
@@ -362,6 +360,7 @@ impl Classifier {
         let mut a = Assessment {
             verdict: Verdict::Human,
             reasons: Vec::new(),
+            category: Category::Unknown,
             machine_open: false,
             device: None,
             geo: None,
@@ -375,13 +374,11 @@ impl Classifier {
             Some(ua) => {
                 let facts = self.ua_facts(ua);
                 a.device = facts.device.clone();
-                if let Some(rule) = &facts.rule {
-                    a.verdict = a.verdict.max(rule.verdict);
-                    a.machine_open |= rule.machine_open;
-                    a.reasons.push(rule.reason.clone());
-                } else if facts.crawler {
-                    a.verdict = a.verdict.max(Verdict::Bot);
-                    a.reasons.push(Reason::CRAWLER);
+                a.category = facts.category;
+                if let Some((verdict, reason, machine_open)) = &facts.known {
+                    a.verdict = a.verdict.max(*verdict);
+                    a.machine_open |= machine_open;
+                    a.reasons.push(reason.clone());
                 }
             }
         }
@@ -470,6 +467,7 @@ impl Classifier {
                 verdict,
                 counted,
                 reasons,
+                agent_category: a.category,
                 device: a.device,
                 geo: a.geo,
                 asn: a.asn,
@@ -481,8 +479,8 @@ impl Classifier {
     }
 }
 
-/// One version string for both lists, so an event names exactly the data
-/// that judged it.
-fn version(rules: &Rules, networks: &NetworkList) -> Arc<str> {
-    Arc::from(format!("ua-{}+net-{}", rules.version, networks.version))
+/// One version string for all the lists, so an event names exactly the
+/// data that judged it: `ua-<rules>+cua-<crawler list>+net-<networks>`.
+fn version(rules: &Rules, crawlers: &CrawlerList, networks: &NetworkList) -> Arc<str> {
+    Arc::from(format!("ua-{}+cua-{}+net-{}", rules.version, crawlers.version, networks.version))
 }

@@ -7,7 +7,9 @@
 //! (case-insensitive, matched at once with a `RegexSet`) or `equals` (the
 //! whole user agent, case-sensitive, a hash look-up). When several rules
 //! match, the one listed first wins, so the file orders rules from most to
-//! least specific.
+//! least specific. A rule marked `fallback` (the generic "anything that
+//! calls itself a bot") is consulted only after the vendored crawler list,
+//! whose specific entries know more.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,7 @@ use aho_corasick::AhoCorasick;
 use regex::RegexSet;
 use serde::Deserialize;
 
+use super::category::Category;
 use super::{Reason, Verdict};
 
 /// The rule list shipped in the binary.
@@ -54,6 +57,11 @@ struct RawRule {
     /// Protection loads every pixel on delivery): such opens never count.
     #[serde(default)]
     machine_open: bool,
+    /// What kind of agent; by default the verdict's usual kind.
+    category: Option<Category>,
+    /// Generic: consulted after the vendored crawler list.
+    #[serde(default)]
+    fallback: bool,
     source: String,
 }
 
@@ -64,6 +72,8 @@ pub struct Rule {
     pub what: String,
     pub verdict: Verdict,
     pub machine_open: bool,
+    pub category: Category,
+    pub fallback: bool,
     /// `ua:{name}`, made once.
     pub reason: Reason,
 }
@@ -119,11 +129,19 @@ impl Rules {
                 }
             }
             let reason = Reason::owned(format!("ua:{}", r.name));
+            let category = r.category.unwrap_or(match r.verdict {
+                Verdict::Proxy => Category::ImageProxy,
+                Verdict::Scanner => Category::SecurityScanner,
+                Verdict::Bot => Category::Crawler,
+                Verdict::Human => Category::Unknown,
+            });
             rules.push(Arc::new(Rule {
                 name: r.name,
                 what: r.what,
                 verdict: r.verdict,
                 machine_open: r.machine_open,
+                category,
+                fallback: r.fallback,
                 reason,
             }));
         }
@@ -135,10 +153,14 @@ impl Rules {
         Ok(Rules { version: raw.version, rules, contains, contains_rule, regex, regex_rule, equals })
     }
 
-    /// The first rule, in file order, that matches the user agent.
+    /// The first rule, in file order, that matches the user agent; a
+    /// fallback rule only when no other rule matches.
     pub fn find(&self, user_agent: &str) -> Option<&Arc<Rule>> {
+        // Fallback rules rank after every other rule, whatever their place.
+        let rank = |index: usize| (self.rules[index].fallback, index);
         let mut best = self.equals.get(user_agent).copied();
-        let mut consider = |index: usize| best = Some(best.map_or(index, |b| b.min(index)));
+        let mut consider =
+            |index: usize| best = Some(best.map_or(index, |b| if rank(index) < rank(b) { index } else { b }));
         // Overlapping search: a later pattern must not hide an earlier rule.
         for m in self.contains.find_overlapping_iter(user_agent) {
             consider(self.contains_rule[m.pattern().as_usize()]);
@@ -251,6 +273,19 @@ source = "test"
         assert_eq!(find("Example Bot/1.0 (+http://x)").as_deref(), Some("ua:generic-bot"));
         assert_eq!(find("Mozilla/5.0 (Linux; Android 9; CUBOT X19)").as_deref(), None);
         assert_eq!(find("mozilla/5.0").as_deref(), None, "equals is exact");
+    }
+
+    #[test]
+    fn a_fallback_rule_yields_to_any_other_whatever_its_place() {
+        let text = "version = \"t\"\n[[rule]]\nname = \"any-bot\"\nwhat = \"w\"\nverdict = \"bot\"\nregex = 'bot'\nfallback = true\nsource = \"s\"\n[[rule]]\nname = \"acme\"\nwhat = \"w\"\nverdict = \"scanner\"\ncategory = \"security-scanner\"\ncontains = \"AcmeBot\"\nsource = \"s\"\n";
+        let rules = Rules::parse(text).unwrap();
+        let acme = rules.find("AcmeBot/1.0").unwrap();
+        assert_eq!((acme.name.as_str(), acme.category), ("acme", Category::SecurityScanner));
+        let other = rules.find("OtherBot/1.0").unwrap();
+        assert_eq!(
+            (other.name.as_str(), other.fallback, other.category),
+            ("any-bot", true, Category::Crawler)
+        );
     }
 
     #[test]

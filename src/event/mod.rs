@@ -17,7 +17,7 @@ use time::OffsetDateTime;
 use ulid::Ulid;
 
 use crate::classify::networks::{Asn, Geo};
-use crate::classify::{Device, Judgement, Reason, Verdict, Withdrawn};
+use crate::classify::{Category, Device, Judgement, Reason, Verdict, Withdrawn};
 use crate::hit::Hit;
 use crate::privacy::Privacy;
 use crate::token::{Claims, Kind, Target};
@@ -103,6 +103,8 @@ pub struct HitObject<'a> {
     pub counted: bool,
     pub verdict: Verdict,
     pub reasons: &'a [Reason],
+    /// What kind of agent the user agent names.
+    pub agent_category: Category,
     pub device: Option<&'a Device>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub geo: Option<&'a Geo>,
@@ -237,6 +239,7 @@ impl<'a> Event<'a> {
                     counted,
                     verdict: judgement.verdict,
                     reasons,
+                    agent_category: judgement.agent_category,
                     device: judgement.device.as_ref(),
                     geo: judgement.geo.as_ref(),
                     network: judgement.asn.as_ref(),
