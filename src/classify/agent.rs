@@ -4,12 +4,14 @@
 //! 1. waymark's own rules (`data/scanners.toml`), except the generic ones;
 //! 2. the vendored crawler list ([`super::crawlers`]);
 //! 3. our generic fallback rules ("anything that calls itself a bot");
-//! 4. woothee's `crawler` category.
-//!
-//! A user agent none of them knows is judged by the request's other
-//! signals; its category says whether it reads as a browser.
+//! 4. woothee's `crawler` category;
+//! 5. the shape of people's clients ([`super::people`]): a user agent that
+//!    none of the above knows and that looks like no browser, webview, app
+//!    or mail client gets the rule file's `unknown_agents` verdict
+//!    (`ua:unknown-agent`), when the file sets one.
 
 use super::crawlers::CrawlerList;
+use super::people;
 use super::rules::{Rule, Rules};
 use super::{Category, Device, Reason, Verdict};
 
@@ -44,7 +46,13 @@ pub(super) fn read(
         (_, Some(e)) => (Some((e.verdict, e.reason.clone(), false)), e.category),
         (Some(r), None) => from_rule(r),
         (None, None) if woothee_crawler => (Some((Verdict::Bot, Reason::CRAWLER, false)), Category::Crawler),
-        (None, None) => (None, person_category(device.as_ref())),
+        (None, None) if people::looks_like_a_person(ua, device.as_ref()) => {
+            (None, person_category(device.as_ref()))
+        }
+        (None, None) => match rules.unknown_agents {
+            Some(verdict) => (Some((verdict, Reason::UNKNOWN_AGENT, false)), Category::Unknown),
+            None => (None, Category::Unknown),
+        },
     };
     UaFacts { device, known, category }
 }

@@ -24,6 +24,7 @@ pub mod behaviour;
 pub mod category;
 pub mod crawlers;
 pub mod networks;
+pub mod people;
 pub mod rules;
 
 use std::net::IpAddr;
@@ -102,6 +103,9 @@ impl Reason {
     pub const MACHINE_OPEN: Reason = Reason::fixed("machine-open");
     pub const CRAWLER: Reason = Reason::fixed("ua:crawler");
     pub const NO_USER_AGENT: Reason = Reason::fixed("ua:missing");
+    /// No rule or list knows the user agent and it looks like no person's
+    /// client (see [`people`]).
+    pub const UNKNOWN_AGENT: Reason = Reason::fixed("ua:unknown-agent");
 
     const fn fixed(code: &'static str) -> Reason {
         Reason(ReasonText::Fixed(code))

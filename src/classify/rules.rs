@@ -40,6 +40,9 @@ pub enum RulesError {
 #[serde(deny_unknown_fields)]
 struct RawRules {
     version: String,
+    /// The verdict for a user agent no rule or list knows and that looks
+    /// like no person's client; absent: leave it to the other signals.
+    unknown_agents: Option<Verdict>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
 }
@@ -82,6 +85,8 @@ pub struct Rule {
 #[derive(Debug)]
 pub struct Rules {
     pub version: String,
+    /// See [`RawRules::unknown_agents`].
+    pub unknown_agents: Option<Verdict>,
     rules: Vec<Arc<Rule>>,
     contains: AhoCorasick,
     contains_rule: Vec<usize>,
@@ -150,7 +155,16 @@ impl Rules {
             .build(&contains)
             .map_err(|e| RulesError::Syntax(e.to_string()))?;
         let regex = RegexSet::new(&regex).map_err(|e| RulesError::Syntax(e.to_string()))?;
-        Ok(Rules { version: raw.version, rules, contains, contains_rule, regex, regex_rule, equals })
+        Ok(Rules {
+            version: raw.version,
+            unknown_agents: raw.unknown_agents,
+            rules,
+            contains,
+            contains_rule,
+            regex,
+            regex_rule,
+            equals,
+        })
     }
 
     /// The first rule, in file order, that matches the user agent; a

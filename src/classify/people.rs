@@ -1,0 +1,94 @@
+//! The shape of people's clients. Machines are endless; the clients people
+//! read mail and follow links with are few: browsers and their webviews,
+//! in-app browsers and apps, and mail clients. This module says whether a
+//! user agent has one of their shapes, so that one no list knows and that
+//! has none of them can be called a machine (`ua:unknown-agent`, when the
+//! rule file's `unknown_agents` asks for it).
+//!
+//! Named mail clients whose user agents look like nothing else (Outlook's
+//! `Microsoft Office/…`, `Airmail 1.4 …`, `The Bat! …`) are rules of their
+//! own in `data/scanners.toml`, with the verdict `human`; they are matched
+//! before this and before the crawler list. This module only knows shapes.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::Device;
+
+/// Browser-engine user agents with a platform in their first comment
+/// (`Mozilla/5.0 (Windows NT 10.0; …`, `(iPhone; CPU iPhone OS …`,
+/// `(Linux; Android 14; …`, TVs, consoles, feature phones), Opera's old
+/// form, and apps that name the device or OS they run on (iOS apps on
+/// CFNetwork, Android apps on Dalvik, `App/1.0 (iPhone; iOS 17.5; …)`).
+static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        // Case-insensitive: some real clients write mozilla/5.0 (linux; …).
+        r"(?i)^(?:mozilla/[45]\.0 ?\((?:windows|macintosh|x11|linux|android|iphone|ipad|ipod|cros|mobile|tablet|",
+        r"blackberry|bb10|playbook|symbian|symbianos|smart-tv|smarttv|web0s|webos|playstation|nintendo|fuchsia|",
+        r"kaios|maemo|meego|wayland|unknown; linux|u;|series|windows phone|compatible; msie|compatible; konqueror|",
+        r"ipados|tizen|hbbtv|directfb|qtembedded|nokia)",
+        r"|opera/[0-9.]+ \(",
+        // iOS and macOS apps on Apple's networking stack, Android apps.
+        r"|[^ /]+/[^ ]+ (?:\([^)]*\) )?cfnetwork/[0-9.]+ darwin/",
+        r"|dalvik/[0-9.]+ \(linux; u; android",
+        r")",
+        // Television platforms.
+        r"|smarttv|roku|appletv|hbbtv",
+        // An app naming the device or system it runs on in a comment.
+        r"|\((?:[^)]*[;,] ?)?(?:iphone|ipad|ios|ipados|android|mac ?os(?: x)?|macos|windows nt|tvos|watchos)[ ;/0-9_.]",
+        // Feature phones and their browsers.
+        r"|up\.browser|profile/midp|midp-[0-9]|ucweb|ucbrowser|opera mini|netfront|obigo|j2me",
+        // Any Mozilla-style user agent with a browser engine.
+        r"|^mozilla/[0-9.]+.*\b(?:applewebkit|gecko|trident|presto|khtml)\b",
+        // Old, small and exotic browsers and platforms.
+        r"|\b(?:maui|mre/|wap[ _-]?browser|dorado|teleca|brew/|bada/|polaris|dolfin|opera|opr/|lynx/|dillo/|",
+        r"libwww-fm|amiga|beos|haiku|risc os|palmos|palm-|nokia|samsung-|browser/|hotjava|webtv|crkey|dtv\))",
+        r"|mosaic/|[._]browser\b|openharmony|harmonyos",
+        // App names, frameworks and systems of phones and desktops.
+        r"|-ios-|itunes/|alamofire/|\(win(?:xp|7|8|10|11) x(?:64|86)\)",
+    ))
+    .expect("the people's-client shapes compile (tested)")
+});
+
+/// Whether the user agent has the shape of a person's client: woothee
+/// reads it as a pc, phone or appliance, or it has one of [`SHAPES`].
+pub fn looks_like_a_person(user_agent: &str, device: Option<&Device>) -> bool {
+    let woothee_knows = device
+        .and_then(|d| d.category.as_deref())
+        .is_some_and(|c| matches!(c, "pc" | "smartphone" | "mobilephone" | "appliance"));
+    woothee_knows || SHAPES.is_match(user_agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn people_have_shapes_and_machines_mostly_do_not() {
+        let people = [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/132.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_3 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148",
+            "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Mobile Safari/537.36",
+            "Opera/9.80 (J2ME/MIDP; Opera Mini/9.80 (S60; SymbOS; Opera Mobi/23.348; U; en) Presto/2.5.25 Version/10.54",
+            "Yahoo%20Mail/49268 CFNetwork/1121.2.2 Darwin/19.3.0",
+            "Dalvik/2.1.0 (Linux; U; Android 11; SM-A515F Build/RP1A.200720.012)",
+            "Superhuman/3.10.1 (com.superhuman.Superhuman; build:11343; iOS 17.5.1) Alamofire/5.9.0",
+            "Instagram 123.0.0.21.115 (iPhone11,8; iOS 13_3; en_US; en-US; scale=2.00; 828x1792; 190542906)",
+        ];
+        for ua in people {
+            assert!(looks_like_a_person(ua, None), "{ua}");
+        }
+        let machines = [
+            "Blackbox Exporter/0.24.0",
+            "Grafana/11.1.0",
+            "collectd/5.5.1",
+            "PycURL/7.43.0 libcurl/7.47.0 GnuTLS/3.4.10 zlib/1.2.8",
+            "Mozilla/5.0 (compatible; SomeNewFetcher/1.0)",
+            "Norton-Safeweb",
+        ];
+        for ua in machines {
+            assert!(!looks_like_a_person(ua, None), "{ua}");
+        }
+    }
+}
