@@ -74,6 +74,16 @@ fn classification(c: &mut Criterion) {
             classifier.assess(Kind::Click, Some(ip), Some(&ua))
         })
     });
+    // A distinct agent every time that no rule or list knows and woothee
+    // cannot read: rules, list and the people's-client shapes all run.
+    let mut n = 0u64;
+    c.bench_function("classify/uncached_user_agent_unknown", |b| {
+        b.iter(|| {
+            n += 1;
+            let ua = format!("AcmeSyncAgent/{n}.0 (build 20261129; x86_64) libacme/2.3");
+            classifier.assess(Kind::Click, Some(ip), Some(&ua))
+        })
+    });
     // What start-up (and a rule reload) costs: compiling the lists.
     c.bench_function("classify/compile_crawler_list", |b| b.iter(CrawlerList::builtin));
     c.bench_function("classify/compile_rules", |b| b.iter(Rules::builtin));

@@ -24,6 +24,7 @@ use super::Device;
 static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(concat!(
         // Case-insensitive: some real clients write mozilla/5.0 (linux; …).
+        // Word boundaries are ASCII ones, which the lazy DFA runs.
         r"(?i)^(?:mozilla/[45]\.0 ?\((?:windows|macintosh|x11|linux|android|iphone|ipad|ipod|cros|mobile|tablet|",
         r"blackberry|bb10|playbook|symbian|symbianos|smart-tv|smarttv|web0s|webos|playstation|nintendo|fuchsia|",
         r"kaios|maemo|meego|wayland|unknown; linux|u;|series|windows phone|compatible; msie|compatible; konqueror|",
@@ -40,11 +41,11 @@ static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
         // Feature phones and their browsers.
         r"|up\.browser|profile/midp|midp-[0-9]|ucweb|ucbrowser|opera mini|netfront|obigo|j2me",
         // Any Mozilla-style user agent with a browser engine.
-        r"|^mozilla/[0-9.]+.*\b(?:applewebkit|gecko|trident|presto|khtml)\b",
+        r"|^mozilla/[0-9.]+.*(?-u:\b)(?:applewebkit|gecko|trident|presto|khtml)(?-u:\b)",
         // Old, small and exotic browsers and platforms.
-        r"|\b(?:maui|mre/|wap[ _-]?browser|dorado|teleca|brew/|bada/|polaris|dolfin|opera|opr/|lynx/|dillo/|",
+        r"|(?-u:\b)(?:maui|mre/|wap[ _-]?browser|dorado|teleca|brew/|bada/|polaris|dolfin|opera|opr/|lynx/|dillo/|",
         r"libwww-fm|amiga|beos|haiku|risc os|palmos|palm-|nokia|samsung-|browser/|hotjava|webtv|crkey|dtv\))",
-        r"|mosaic/|[._]browser\b|openharmony|harmonyos",
+        r"|mosaic/|[._]browser(?-u:\b)|openharmony|harmonyos",
         // App names, frameworks and systems of phones and desktops.
         r"|-ios-|itunes/|alamofire/|\(win(?:xp|7|8|10|11) x(?:64|86)\)",
     ))
