@@ -261,5 +261,63 @@ fn judge(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, tokens, classification, events, whole_request, judge);
+/// The network look-up with 500,000 published prefixes loaded (the size of
+/// Apple's iCloud Private Relay egress list and more), half IPv4 /24–/32,
+/// half IPv6 /40–/64; prints the memory they take.
+fn published_networks(c: &mut Criterion) {
+    use waymark::classify::Verdict;
+    use waymark::classify::published::Published;
+    let rss = || {
+        let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+        statm.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()).unwrap_or(0) * 4096
+    };
+    // Measured from before the prefixes are made: the list keeps its maps,
+    // the input is freed once added.
+    let before = rss();
+    // A fixed-seed generator: the same prefixes on every run.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut nets = Vec::with_capacity(500_000);
+    for i in 0..500_000u32 {
+        let r = next();
+        let net = if i % 2 == 0 {
+            let len = 24 + (r % 9) as u8;
+            ipnet::IpNet::V4(
+                ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((r >> 8) as u32), len).unwrap().trunc(),
+            )
+        } else {
+            let len = 40 + (r % 25) as u8;
+            let bits = ((r as u128) << 64) | next() as u128;
+            ipnet::IpNet::V6(ipnet::Ipv6Net::new(std::net::Ipv6Addr::from(bits), len).unwrap().trunc())
+        };
+        nets.push(net);
+    }
+    let probes: Vec<IpAddr> = nets
+        .iter()
+        .take(1024)
+        .enumerate()
+        .map(|(i, n)| if i % 4 == 0 { IpAddr::from([203, 0, 113, i as u8]) } else { n.addr() })
+        .collect();
+    let mut list = NetworkList::builtin();
+    list.add(Published { operator: "relay".into(), verdict: Verdict::Proxy, nets }, "generated");
+    println!(
+        "published networks: {} prefixes, RSS grew {:.1} MiB",
+        list.prefixes(),
+        rss().saturating_sub(before) as f64 / (1 << 20) as f64
+    );
+    let mut i = 0;
+    c.bench_function("classify/network_lookup_500k_prefixes", |b| {
+        b.iter(|| {
+            i = (i + 1) % probes.len();
+            list.find(black_box(probes[i])).is_some()
+        })
+    });
+}
+
+criterion_group!(benches, tokens, classification, events, whole_request, judge, published_networks);
 criterion_main!(benches);

@@ -25,6 +25,7 @@ pub mod category;
 pub mod crawlers;
 pub mod networks;
 pub mod people;
+pub mod published;
 pub mod rules;
 
 use std::net::IpAddr;

@@ -140,6 +140,33 @@ impl NetworkList {
         Some(&self.operators[*index])
     }
 
+    /// Adds a published list (see [`super::published`]) as one more
+    /// operator. Its prefixes join the same look-up: the most specific
+    /// prefix wins, whichever list it came from.
+    pub fn add(&mut self, published: super::published::Published, what: &str) {
+        let index = self.operators.len();
+        for net in &published.nets {
+            match net {
+                IpNet::V4(n4) => insert(&mut self.v4, n4.prefix_len(), u32::from(n4.network()), index),
+                IpNet::V6(n6) => insert(&mut self.v6, n6.prefix_len(), u128::from(n6.network()), index),
+            }
+        }
+        let reason = Reason::owned(format!("net:{}", published.operator));
+        self.operators.push(Operator {
+            name: published.operator,
+            what: what.to_owned(),
+            verdict: published.verdict,
+            machine_open: false,
+            reason,
+        });
+    }
+
+    /// Prefixes held, of every operator.
+    pub fn prefixes(&self) -> usize {
+        self.v4.iter().map(|(_, m)| m.len()).sum::<usize>()
+            + self.v6.iter().map(|(_, m)| m.len()).sum::<usize>()
+    }
+
     pub fn by_asn(&self, asn: u32) -> Option<&Operator> {
         self.asns.get(&asn).map(|i| &self.operators[*i])
     }
@@ -151,6 +178,23 @@ impl NetworkList {
     pub fn is_empty(&self) -> bool {
         self.operators.is_empty()
     }
+}
+
+/// Puts a prefix into the map of its length, keeping the maps ordered
+/// longest first; a prefix already held keeps its operator.
+fn insert<K: std::hash::Hash + Eq>(maps: &mut Vec<(u8, HashMap<K, usize>)>, len: u8, key: K, index: usize) {
+    let at = match maps.iter().position(|(l, _)| *l <= len) {
+        Some(at) if maps[at].0 == len => at,
+        Some(at) => {
+            maps.insert(at, (len, HashMap::default()));
+            at
+        }
+        None => {
+            maps.push((len, HashMap::default()));
+            maps.len() - 1
+        }
+    };
+    maps[at].1.entry(key).or_insert(index);
 }
 
 fn mask32(len: u8) -> u32 {
@@ -267,6 +311,25 @@ source = "test"
         assert_eq!(find("2001:db8:1::1"), Some("narrow"));
         assert_eq!(find("::ffff:198.51.100.200"), Some("narrow"), "IPv4-mapped IPv6");
         assert_eq!(list.by_asn(64500).map(|o| o.reason.as_str()), Some("net:narrow"));
+    }
+
+    #[test]
+    fn published_lists_join_the_most_specific_look_up() {
+        use crate::classify::published::{Format, parse};
+        let mut list = NetworkList::parse(SMALL).unwrap();
+        let before = list.prefixes();
+        let plain =
+            "198.51.100.192/26 relay proxy\n203.0.113.0/24 relay proxy\n2001:db8:1:2::/64 relay proxy\n";
+        for p in parse(Format::Plain, plain, "-", Verdict::Human).unwrap() {
+            list.add(p, "a published relay list");
+        }
+        assert_eq!(list.prefixes(), before + 3);
+        let find = |ip: &str| list.find(ip.parse().unwrap()).map(|o| (o.name.as_str(), o.verdict));
+        assert_eq!(find("198.51.100.200"), Some(("relay", Verdict::Proxy)), "a /26 beats the list's /25");
+        assert_eq!(find("198.51.100.1"), Some(("wide", Verdict::Scanner)));
+        assert_eq!(find("203.0.113.9"), Some(("relay", Verdict::Proxy)));
+        assert_eq!(find("2001:db8:1:2::9"), Some(("relay", Verdict::Proxy)));
+        assert_eq!(find("2001:db8:1:3::9"), Some(("narrow", Verdict::Proxy)));
     }
 
     #[test]

@@ -1,0 +1,240 @@
+//! Large published network lists, read in the formats their operators
+//! publish them in: Apple's iCloud Private Relay egress CSV
+//! (`egress-ip-ranges.csv`), the `{"prefixes": [{"ipv4Prefix": …}]}` JSON
+//! of Google's crawler and fetcher ranges and of OpenAI's bot ranges,
+//! Microsoft 365's endpoints JSON, and a plain file of one CIDR, operator
+//! and verdict a line.
+//!
+//! Parsing only: pure functions from text to prefixes, so every format is
+//! tested without a file or a network. [`super::networks::NetworkList::add`]
+//! takes the result into the same most-specific-prefix look-up as the
+//! built-in list. Wiring files into the configuration (and re-reading
+//! them when they change) is not done here yet.
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::Verdict;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishedError {
+    #[error("{format} line {line}: {problem}")]
+    Line { format: &'static str, line: usize, problem: String },
+    #[error("{format}: not the expected JSON ({expected}): {problem}")]
+    Json { format: &'static str, expected: &'static str, problem: String },
+}
+
+/// The formats waymark reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `prefix,country,region,city,` a line (Apple iCloud Private Relay).
+    AppleEgressCsv,
+    /// `{"prefixes": [{"ipv4Prefix": "…"} | {"ipv6Prefix": "…"}]}` (Google, OpenAI).
+    PrefixJson,
+    /// `[{"ips": ["…"], …}]` (Microsoft 365 endpoints web service).
+    Microsoft365Json,
+    /// `CIDR operator verdict` a line; `#` starts a comment.
+    Plain,
+}
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::AppleEgressCsv => "apple-egress-csv",
+            Format::PrefixJson => "prefix-json",
+            Format::Microsoft365Json => "microsoft-365-json",
+            Format::Plain => "plain",
+        }
+    }
+
+    pub fn parse_name(s: &str) -> Option<Format> {
+        [Format::AppleEgressCsv, Format::PrefixJson, Format::Microsoft365Json, Format::Plain]
+            .into_iter()
+            .find(|f| f.name() == s)
+    }
+}
+
+/// Prefixes of one operator, with the verdict its traffic gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub operator: String,
+    pub verdict: Verdict,
+    pub nets: Vec<IpNet>,
+}
+
+/// Reads `text` in `format`. For every format but [`Format::Plain`], all
+/// prefixes belong to `operator` with `verdict`; a plain file names its
+/// own, one group per operator and verdict in order of first appearance.
+pub fn parse(
+    format: Format,
+    text: &str,
+    operator: &str,
+    verdict: Verdict,
+) -> Result<Vec<Published>, PublishedError> {
+    let one = |nets| vec![Published { operator: operator.to_owned(), verdict, nets }];
+    match format {
+        Format::AppleEgressCsv => apple_csv(text).map(one),
+        Format::PrefixJson => prefix_json(text).map(one),
+        Format::Microsoft365Json => microsoft_json(text).map(one),
+        Format::Plain => plain(text),
+    }
+}
+
+fn cidr(format: Format, line: usize, s: &str) -> Result<IpNet, PublishedError> {
+    let bad = |problem: String| PublishedError::Line { format: format.name(), line, problem };
+    let net: IpNet =
+        s.trim().parse().map_err(|_| bad(format!("{s:?} is not a CIDR such as 192.0.2.0/24")))?;
+    if net.trunc() != net {
+        return Err(bad(format!("{s:?} has host bits set: expected {}", net.trunc())));
+    }
+    Ok(net)
+}
+
+fn apple_csv(text: &str) -> Result<Vec<IpNet>, PublishedError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| cidr(Format::AppleEgressCsv, i + 1, l.split(',').next().unwrap_or_default()))
+        .collect()
+}
+
+fn prefix_json(text: &str) -> Result<Vec<IpNet>, PublishedError> {
+    #[derive(Deserialize)]
+    struct File {
+        prefixes: Vec<Prefix>,
+    }
+    #[derive(Deserialize)]
+    struct Prefix {
+        #[serde(rename = "ipv4Prefix")]
+        v4: Option<String>,
+        #[serde(rename = "ipv6Prefix")]
+        v6: Option<String>,
+    }
+    let file: File = serde_json::from_str(text).map_err(|e| PublishedError::Json {
+        format: Format::PrefixJson.name(),
+        expected: "{\"prefixes\": [{\"ipv4Prefix\": …} or {\"ipv6Prefix\": …}]}",
+        problem: e.to_string(),
+    })?;
+    file.prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| match (&p.v4, &p.v6) {
+            (Some(s), None) | (None, Some(s)) => cidr(Format::PrefixJson, i + 1, s),
+            _ => Err(PublishedError::Line {
+                format: Format::PrefixJson.name(),
+                line: i + 1,
+                problem: "expected exactly one of ipv4Prefix and ipv6Prefix".into(),
+            }),
+        })
+        .collect()
+}
+
+fn microsoft_json(text: &str) -> Result<Vec<IpNet>, PublishedError> {
+    #[derive(Deserialize)]
+    struct Endpoint {
+        #[serde(default)]
+        ips: Vec<String>,
+    }
+    let endpoints: Vec<Endpoint> = serde_json::from_str(text).map_err(|e| PublishedError::Json {
+        format: Format::Microsoft365Json.name(),
+        expected: "[{\"ips\": [\"…\"], …}]",
+        problem: e.to_string(),
+    })?;
+    let mut nets: Vec<IpNet> = Vec::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        for ip in &e.ips {
+            nets.push(cidr(Format::Microsoft365Json, i + 1, ip)?);
+        }
+    }
+    // Endpoint sets repeat ranges.
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(nets)
+}
+
+fn plain(text: &str) -> Result<Vec<Published>, PublishedError> {
+    let mut out: Vec<Published> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let bad =
+            |problem: String| PublishedError::Line { format: Format::Plain.name(), line: i + 1, problem };
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let [net, operator, verdict] = fields[..] else {
+            return Err(bad(format!("expected CIDR, operator and verdict, found {line:?}")));
+        };
+        let net = cidr(Format::Plain, i + 1, net)?;
+        if !super::is_code(operator) {
+            return Err(bad(format!("operator {operator:?}: expected lower-case letters, digits and '-'")));
+        }
+        let verdict = Verdict::parse(verdict)
+            .ok_or_else(|| bad(format!("verdict {verdict:?}: expected human, proxy, bot or scanner")))?;
+        match out.iter_mut().find(|p| p.operator == operator && p.verdict == verdict) {
+            Some(p) => p.nets.push(net),
+            None => out.push(Published { operator: operator.to_owned(), verdict, nets: vec![net] }),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(v: &[Published]) -> Vec<String> {
+        v.iter().flat_map(|p| p.nets.iter().map(|n| format!("{}:{}", p.operator, n))).collect()
+    }
+
+    #[test]
+    fn each_format_reads_its_published_shape() {
+        let apple = "172.224.224.0/27,GB,GB-EN,London,\n2a02:26f7:b3c0:4000::/64,GB,GB-EN,London,\n";
+        let google = r#"{"creationTime": "2026-09-08T00:00:00", "prefixes": [{"ipv6Prefix": "2001:4860:4801:10::/64"}, {"ipv4Prefix": "66.249.80.0/24"}]}"#;
+        let microsoft = r#"[{"id": 1, "serviceArea": "Exchange", "ips": ["40.92.0.0/15", "2a01:111:f400::/48"]}, {"id": 2, "urls": ["x.example"]}, {"id": 3, "ips": ["40.92.0.0/15"]}]"#;
+        let plain = "# operator list\n192.0.2.0/24 acme-gateway scanner\n198.51.100.7/32 acme-gateway scanner # one host\n2001:db8::/32 relay proxy\n";
+        let cases: [(Format, &str, Vec<&str>); 4] = [
+            (Format::AppleEgressCsv, apple, vec!["op:172.224.224.0/27", "op:2a02:26f7:b3c0:4000::/64"]),
+            (Format::PrefixJson, google, vec!["op:2001:4860:4801:10::/64", "op:66.249.80.0/24"]),
+            (Format::Microsoft365Json, microsoft, vec!["op:40.92.0.0/15", "op:2a01:111:f400::/48"]),
+            (
+                Format::Plain,
+                plain,
+                vec!["acme-gateway:192.0.2.0/24", "acme-gateway:198.51.100.7/32", "relay:2001:db8::/32"],
+            ),
+        ];
+        for (format, text, want) in cases {
+            let got = parse(format, text, "op", Verdict::Proxy).unwrap();
+            assert_eq!(nets(&got), want, "{}", format.name());
+        }
+        let plain = parse(Format::Plain, plain, "ignored", Verdict::Human).unwrap();
+        assert_eq!((plain[0].verdict, plain[1].verdict), (Verdict::Scanner, Verdict::Proxy));
+        assert_eq!(Format::parse_name("prefix-json"), Some(Format::PrefixJson));
+    }
+
+    #[test]
+    fn bad_input_is_named() {
+        let cases = [
+            (
+                Format::AppleEgressCsv,
+                "not-an-ip,GB,,,\n",
+                "apple-egress-csv line 1: \"not-an-ip\" is not a CIDR",
+            ),
+            (
+                Format::AppleEgressCsv,
+                "172.224.224.0/27,GB\n172.224.224.1/27,GB\n",
+                "line 2: \"172.224.224.1/27\" has host bits set",
+            ),
+            (Format::PrefixJson, "{\"prefix\": []}", "prefix-json: not the expected JSON"),
+            (Format::PrefixJson, "{\"prefixes\": [{}]}", "line 1: expected exactly one of ipv4Prefix"),
+            (Format::Microsoft365Json, "{}", "microsoft-365-json: not the expected JSON"),
+            (Format::Plain, "192.0.2.0/24 acme\n", "plain line 1: expected CIDR, operator and verdict"),
+            (Format::Plain, "192.0.2.0/24 Acme scanner\n", "operator \"Acme\""),
+            (Format::Plain, "192.0.2.0/24 acme robot\n", "verdict \"robot\""),
+        ];
+        for (format, text, want) in cases {
+            let err = parse(format, text, "op", Verdict::Bot).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}
