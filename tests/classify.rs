@@ -89,6 +89,22 @@ fn an_ordinary_open_and_click_count_as_human_with_a_device() {
 }
 
 #[test]
+fn published_network_lists_are_read_from_their_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("lists.toml"),
+        "[[list]]\nfile = \"acme.txt\"\nformat = \"plain\"\noperator = \"-\"\nverdict = \"bot\"\nwhat = \"a plain list\"\nsource = \"test\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("acme.txt"), "198.18.0.0/15 acme-gateway scanner\n").unwrap();
+    let h = Harness::start(&[("WAYMARK_NETWORK_LISTS", dir.path().to_str().unwrap())]);
+    h.click(&click("m-published", 0), "198.18.7.7", HUMAN_UA);
+    let events = h.events(1);
+    assert_eq!(obj(&events[0])["verdict"], "scanner");
+    assert_eq!(reasons(&events[0]), ["net:acme-gateway"]);
+}
+
+#[test]
 fn the_vendored_crawler_list_names_machines_our_rules_do_not() {
     let h = Harness::start(&[]);
     // (user agent, verdict, reason, agent_category): the first two only the

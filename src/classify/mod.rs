@@ -207,6 +207,9 @@ impl Default for CountingPolicy {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub rules_file: Option<PathBuf>,
+    /// A directory of published network lists with a `lists.toml`
+    /// manifest ([`published::load_dir`]), read at start.
+    pub network_lists: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
     pub city_db: Option<PathBuf>,
     pub prefetch_window: Duration,
@@ -219,6 +222,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             rules_file: None,
+            network_lists: None,
             asn_db: None,
             city_db: None,
             prefetch_window: Duration::from_secs(5),
@@ -235,6 +239,8 @@ pub enum ClassifyError {
     Rules(#[from] rules::RulesError),
     #[error(transparent)]
     Networks(#[from] networks::NetworksError),
+    #[error(transparent)]
+    Published(#[from] published::PublishedError),
 }
 
 /// Cache hits and misses, for metrics.
@@ -279,7 +285,12 @@ impl Classifier {
             }
             None => (None, Rules::builtin()),
         };
-        let networks = NetworkList::builtin();
+        let mut networks = NetworkList::builtin();
+        if let Some(dir) = &settings.network_lists {
+            for (list, what) in published::load_dir(dir)? {
+                networks.add(list, &what);
+            }
+        }
         let crawlers = CrawlerList::builtin();
         let databases = Databases::open(settings.asn_db.as_deref(), settings.city_db.as_deref())?;
         let rules_version = version(&rules, &crawlers, &networks);

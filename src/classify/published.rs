@@ -5,11 +5,15 @@
 //! Microsoft 365's endpoints JSON, and a plain file of one CIDR, operator
 //! and verdict a line.
 //!
-//! Parsing only: pure functions from text to prefixes, so every format is
-//! tested without a file or a network. [`super::networks::NetworkList::add`]
-//! takes the result into the same most-specific-prefix look-up as the
-//! built-in list. Wiring files into the configuration (and re-reading
-//! them when they change) is not done here yet.
+//! Parsing is pure functions from text to prefixes, so every format is
+//! tested without a file or a network; [`load_dir`] reads a directory of
+//! lists named by its `lists.toml` manifest (which
+//! `scripts/refresh-networks` writes), and
+//! [`super::networks::NetworkList::add`] takes them into the same
+//! most-specific-prefix look-up as the built-in list. The lists are read at
+//! start; re-reading them when they change is not done yet.
+
+use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -18,6 +22,12 @@ use super::Verdict;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishedError {
+    #[error("cannot read network list {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("network lists manifest {path}: {problem}")]
+    Manifest { path: PathBuf, problem: String },
+    #[error("network list {path}: {source}")]
+    List { path: PathBuf, source: Box<PublishedError> },
     #[error("{format} line {line}: {problem}")]
     Line { format: &'static str, line: usize, problem: String },
     #[error("{format}: not the expected JSON ({expected}): {problem}")]
@@ -78,6 +88,65 @@ pub fn parse(
         Format::Microsoft365Json => microsoft_json(text).map(one),
         Format::Plain => plain(text),
     }
+}
+
+/// The manifest of a directory of lists: `lists.toml`, one `[[list]]` per
+/// file.
+pub const MANIFEST: &str = "lists.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    #[serde(default, rename = "list")]
+    lists: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestEntry {
+    file: String,
+    format: String,
+    operator: String,
+    verdict: Verdict,
+    what: String,
+    source: String,
+}
+
+/// Reads every list the directory's `lists.toml` names: each with what it
+/// is, ready for [`super::networks::NetworkList::add`]. Any bad file fails
+/// the whole load, naming the file.
+pub fn load_dir(dir: &Path) -> Result<Vec<(Published, String)>, PublishedError> {
+    let path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|source| PublishedError::Read { path: path.clone(), source })?;
+    let bad = |problem: String| PublishedError::Manifest { path: path.clone(), problem };
+    let manifest: Manifest = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mut out = Vec::new();
+    for entry in manifest.lists {
+        let format = Format::parse_name(&entry.format).ok_or_else(|| {
+            bad(format!(
+                "{}: format {:?} is not one of apple-egress-csv, prefix-json, microsoft-365-json, plain",
+                entry.file, entry.format
+            ))
+        })?;
+        if !super::is_code(&entry.operator) {
+            return Err(bad(format!(
+                "{}: operator {:?} must be lower-case letters, digits and '-'",
+                entry.file, entry.operator
+            )));
+        }
+        if entry.file.contains('/') || entry.file.contains("..") {
+            return Err(bad(format!("{}: name a file inside the directory", entry.file)));
+        }
+        let file = dir.join(&entry.file);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|source| PublishedError::Read { path: file.clone(), source })?;
+        let lists = parse(format, &text, &entry.operator, entry.verdict)
+            .map_err(|e| PublishedError::List { path: file.clone(), source: Box::new(e) })?;
+        let what = format!("{} ({})", entry.what, entry.source);
+        out.extend(lists.into_iter().map(|p| (p, what.clone())));
+    }
+    Ok(out)
 }
 
 fn cidr(format: Format, line: usize, s: &str) -> Result<IpNet, PublishedError> {
@@ -210,6 +279,34 @@ mod tests {
         let plain = parse(Format::Plain, plain, "ignored", Verdict::Human).unwrap();
         assert_eq!((plain[0].verdict, plain[1].verdict), (Verdict::Scanner, Verdict::Proxy));
         assert_eq!(Format::parse_name("prefix-json"), Some(Format::PrefixJson));
+    }
+
+    #[test]
+    fn a_directory_loads_the_lists_its_manifest_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "[[list]]\nfile = \"relay.csv\"\nformat = \"apple-egress-csv\"\noperator = \"apple-private-relay\"\nverdict = \"proxy\"\nwhat = \"iCloud Private Relay egress\"\nsource = \"https://mask-api.icloud.com/egress-ip-ranges.csv\"\n";
+        std::fs::write(dir.path().join(MANIFEST), manifest).unwrap();
+        std::fs::write(dir.path().join("relay.csv"), "172.224.224.0/27,GB,GB-EN,London,\n").unwrap();
+        let lists = load_dir(dir.path()).unwrap();
+        assert_eq!(lists.len(), 1);
+        assert_eq!((lists[0].0.operator.as_str(), lists[0].0.nets.len()), ("apple-private-relay", 1));
+        assert!(lists[0].1.starts_with("iCloud Private Relay egress ("));
+
+        let cases = [
+            (manifest.replace("apple-egress-csv", "yaml"), "format \"yaml\" is not one of"),
+            (manifest.replace("relay.csv", "../relay.csv"), "name a file inside the directory"),
+            (manifest.replace("relay.csv", "missing.csv"), "cannot read network list"),
+            (manifest.replace("verdict = \"proxy\"", "verdict = \"relay\""), "unknown variant"),
+        ];
+        for (text, want) in cases {
+            std::fs::write(dir.path().join(MANIFEST), text).unwrap();
+            let err = load_dir(dir.path()).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+        std::fs::write(dir.path().join(MANIFEST), manifest).unwrap();
+        std::fs::write(dir.path().join("relay.csv"), "not-an-ip,GB,,,\n").unwrap();
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("relay.csv: apple-egress-csv line 1"), "{err}");
     }
 
     #[test]

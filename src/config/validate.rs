@@ -414,6 +414,7 @@ fn classify_with(c: &Check, raw: &RawConfig) -> Result<classify::Settings, Confi
     let defaults = classify::Settings::default();
     Ok(classify::Settings {
         rules_file: path(&raw.scanner_rules),
+        network_lists: path(&raw.network_lists),
         asn_db: path(&raw.asn_db),
         city_db: path(&raw.city_db),
         prefetch_window: c.window("prefetch_window_ms", raw.prefetch_window_ms, 5_000)?,
