@@ -102,6 +102,29 @@ fn published_network_lists_are_read_from_their_directory() {
     let events = h.events(1);
     assert_eq!(obj(&events[0])["verdict"], "scanner");
     assert_eq!(reasons(&events[0]), ["net:acme-gateway"]);
+    assert!(obj(&events[0])["rules_version"].as_str().unwrap().contains("+nl-"));
+
+    // A changed list is read again without a restart.
+    std::fs::write(
+        dir.path().join("acme.txt"),
+        "198.18.0.0/15 acme-gateway scanner\n100.64.0.0/10 acme-relay proxy\n",
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut n = 1;
+    loop {
+        h.open(&open_claims(&format!("m-published-{n}")), "100.64.1.1", HUMAN_UA);
+        let events = h.svc.events(n + 1);
+        let last =
+            events.iter().find(|e| obj(e)["email"]["id"] == format!("m-published-{n}").as_str()).unwrap();
+        if obj(last)["verdict"] == "proxy" {
+            assert_eq!(reasons(last), ["net:acme-relay"]);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "network lists were not reloaded");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        n = events.len();
+    }
 }
 
 #[test]

@@ -45,6 +45,7 @@ use self::agent::UaFacts;
 use self::behaviour::{Behaviour, MessageKey, Seen, Windows};
 use self::crawlers::CrawlerList;
 use self::networks::{Asn, Databases, Geo, NetworkList};
+use self::published::ListDir;
 use self::rules::{RuleFile, Rules};
 use crate::hit::{Hit, Method};
 use crate::token::{Kind, Target};
@@ -147,7 +148,7 @@ impl Default for CountingPolicy {
 pub struct Settings {
     pub rules_file: Option<PathBuf>,
     /// A directory of published network lists with a `lists.toml`
-    /// manifest ([`published::load_dir`]), read at start.
+    /// manifest ([`published::load_dir`]), re-read when it changes.
     pub network_lists: Option<PathBuf>,
     pub asn_db: Option<PathBuf>,
     pub city_db: Option<PathBuf>,
@@ -196,6 +197,7 @@ pub struct Classifier {
     rules: Arc<Rules>,
     crawlers: Arc<CrawlerList>,
     rule_file: Option<RuleFile>,
+    network_dir: Option<ListDir>,
     checked_at: Instant,
     rules_version: Arc<str>,
     networks: Arc<NetworkList>,
@@ -224,19 +226,21 @@ impl Classifier {
             }
             None => (None, Rules::builtin()),
         };
-        let mut networks = NetworkList::builtin();
-        if let Some(dir) = &settings.network_lists {
-            for (list, what) in published::load_dir(dir)? {
-                networks.add(list, &what);
+        let (network_dir, networks) = match &settings.network_lists {
+            Some(dir) => {
+                let (dir, lists) = ListDir::load(dir)?;
+                (Some(dir), with_lists(lists))
             }
-        }
+            None => (None, NetworkList::builtin()),
+        };
         let crawlers = CrawlerList::builtin();
         let databases = Databases::open(settings.asn_db.as_deref(), settings.city_db.as_deref())?;
-        let rules_version = version(&rules, &crawlers, &networks);
+        let rules_version = version(&rules, &crawlers, &networks, network_dir.as_ref());
         Ok(Classifier {
             rules: Arc::new(rules),
             crawlers: Arc::new(crawlers),
             rule_file,
+            network_dir,
             checked_at: Instant::now(),
             rules_version,
             networks: Arc::new(networks),
@@ -262,6 +266,7 @@ impl Classifier {
             rules: self.rules.clone(),
             crawlers: self.crawlers.clone(),
             rule_file: self.rule_file.clone(),
+            network_dir: self.network_dir.clone(),
             checked_at: self.checked_at,
             rules_version: self.rules_version.clone(),
             networks: self.networks.clone(),
@@ -285,16 +290,26 @@ impl Classifier {
 
     /// Picks up a changed rule file, at most once a second.
     fn maybe_reload(&mut self) {
-        let Some(file) = self.rule_file.as_mut() else { return };
-        if self.checked_at.elapsed() < RELOAD_EVERY {
+        if (self.rule_file.is_none() && self.network_dir.is_none())
+            || self.checked_at.elapsed() < RELOAD_EVERY
+        {
             return;
         }
         self.checked_at = Instant::now();
-        if let Some(rules) = file.reload() {
-            self.rules_version = version(&rules, &self.crawlers, &self.networks);
+        let mut changed = false;
+        if let Some(rules) = self.rule_file.as_mut().and_then(RuleFile::reload) {
             self.rules = Arc::new(rules);
             // Cached facts carry the old rules' matches.
             self.cache.invalidate_all();
+            changed = true;
+        }
+        if let Some(lists) = self.network_dir.as_mut().and_then(ListDir::reload) {
+            self.networks = Arc::new(with_lists(lists));
+            changed = true;
+        }
+        if changed {
+            self.rules_version =
+                version(&self.rules, &self.crawlers, &self.networks, self.network_dir.as_ref());
         }
     }
 
@@ -435,7 +450,23 @@ impl Classifier {
 }
 
 /// One version string for all the lists, so an event names exactly the
-/// data that judged it: `ua-<rules>+cua-<crawler list>+net-<networks>`.
-fn version(rules: &Rules, crawlers: &CrawlerList, networks: &NetworkList) -> Arc<str> {
-    Arc::from(format!("ua-{}+cua-{}+net-{}", rules.version, crawlers.version, networks.version))
+/// data that judged it: `ua-<rules>+cua-<crawler list>+net-<networks>`,
+/// and `+nl-<hash>` of the published network lists when configured.
+fn version(
+    rules: &Rules,
+    crawlers: &CrawlerList,
+    networks: &NetworkList,
+    lists: Option<&ListDir>,
+) -> Arc<str> {
+    let lists = lists.map(|l| format!("+nl-{}", l.version())).unwrap_or_default();
+    Arc::from(format!("ua-{}+cua-{}+net-{}{lists}", rules.version, crawlers.version, networks.version))
+}
+
+/// The built-in networks with the published lists added.
+fn with_lists(lists: Vec<(published::Published, String)>) -> NetworkList {
+    let mut networks = NetworkList::builtin();
+    for (list, what) in lists {
+        networks.add(list, &what);
+    }
+    networks
 }

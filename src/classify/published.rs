@@ -10,10 +10,11 @@
 //! lists named by its `lists.toml` manifest (which
 //! `scripts/refresh-networks` writes), and
 //! [`super::networks::NetworkList::add`] takes them into the same
-//! most-specific-prefix look-up as the built-in list. The lists are read at
-//! start; re-reading them when they change is not done yet.
+//! most-specific-prefix look-up as the built-in list. [`ListDir`] re-reads
+//! the directory when anything in it changes.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -147,6 +148,76 @@ pub fn load_dir(dir: &Path) -> Result<Vec<(Published, String)>, PublishedError> 
         out.extend(lists.into_iter().map(|p| (p, what.clone())));
     }
     Ok(out)
+}
+
+/// A directory of lists, re-read when any file in it changes (its name,
+/// size or modification time). A directory that fails to load on reload is
+/// logged and the lists in force stay, as with `scanner_rules`.
+#[derive(Debug, Clone)]
+pub struct ListDir {
+    dir: PathBuf,
+    stamp: Vec<(String, u64, Option<SystemTime>)>,
+}
+
+impl ListDir {
+    /// Loads the directory; at start-up a bad list is an error.
+    pub fn load(dir: &Path) -> Result<(ListDir, Vec<(Published, String)>), PublishedError> {
+        let stamp = stamp(dir);
+        let lists = load_dir(dir)?;
+        Ok((ListDir { dir: dir.to_owned(), stamp }, lists))
+    }
+
+    /// The lists anew when the directory changed and loads; `None` otherwise.
+    pub fn reload(&mut self) -> Option<Vec<(Published, String)>> {
+        let stamp = stamp(&self.dir);
+        if stamp == self.stamp {
+            return None;
+        }
+        // Remember the stamp either way, so a broken list is reported once.
+        self.stamp = stamp;
+        match load_dir(&self.dir) {
+            Ok(lists) => {
+                let prefixes: usize = lists.iter().map(|(p, _)| p.nets.len()).sum();
+                tracing::info!(dir = %self.dir.display(), lists = lists.len(), prefixes, "network lists reloaded");
+                Some(lists)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "network lists not reloaded; the previous lists stay in force");
+                None
+            }
+        }
+    }
+
+    /// A short name for what is loaded, for `rules_version`: a hash of the
+    /// files' names, sizes and modification times.
+    pub fn version(&self) -> String {
+        // FNV-1a: stable across runs, unlike the process's seeded hashers.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (name, len, modified) in &self.stamp {
+            let secs = modified
+                .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs());
+            for b in name.bytes().chain(len.to_le_bytes()).chain(secs.to_le_bytes()) {
+                h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        format!("{:08x}", h >> 32)
+    }
+}
+
+/// Every file of the directory with its size and modification time, sorted.
+fn stamp(dir: &Path) -> Vec<(String, u64, Option<SystemTime>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            Some((e.file_name().to_string_lossy().into_owned(), meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 fn cidr(format: Format, line: usize, s: &str) -> Result<IpNet, PublishedError> {
@@ -307,6 +378,24 @@ mod tests {
         std::fs::write(dir.path().join("relay.csv"), "not-an-ip,GB,,,\n").unwrap();
         let err = load_dir(dir.path()).unwrap_err().to_string();
         assert!(err.contains("relay.csv: apple-egress-csv line 1"), "{err}");
+    }
+
+    #[test]
+    fn a_list_directory_reloads_only_when_changed_and_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = "[[list]]\nfile = \"a.txt\"\nformat = \"plain\"\noperator = \"-\"\nverdict = \"bot\"\nwhat = \"w\"\nsource = \"s\"\n";
+        std::fs::write(dir.path().join(MANIFEST), manifest).unwrap();
+        std::fs::write(dir.path().join("a.txt"), "192.0.2.0/24 acme scanner\n").unwrap();
+        let (mut lists, first) = ListDir::load(dir.path()).unwrap();
+        assert_eq!(first[0].0.nets.len(), 1);
+        let version = lists.version();
+        assert!(lists.reload().is_none(), "unchanged");
+        std::fs::write(dir.path().join("a.txt"), "192.0.2.0/24 acme scanner\n198.51.100.0/24 acme scanner\n")
+            .unwrap();
+        assert_eq!(lists.reload().unwrap()[0].0.nets.len(), 2);
+        assert_ne!(lists.version(), version);
+        std::fs::write(dir.path().join("a.txt"), "not a list at all\n").unwrap();
+        assert!(lists.reload().is_none(), "a broken list keeps the old ones");
     }
 
     #[test]

@@ -196,7 +196,7 @@ settings! {
         log_format: String = "WAYMARK_LOG_FORMAT", "`human`", "`human` or `json` (logs go to stderr; colour only on a terminal)";
         log: String = "WAYMARK_LOG", "`info`", "log filter, e.g. `info,waymark=debug`";
         scanner_rules: String = "WAYMARK_SCANNER_RULES", "built-in `data/scanners.toml`", "user-agent rule file, reloaded when it changes";
-        network_lists: String = "WAYMARK_NETWORK_LISTS", "none", "directory of published network lists (Apple Private Relay, Google, Microsoft 365, OpenAI, plain CIDR files) named by its `lists.toml`, as `scripts/refresh-networks` writes it; read at start";
+        network_lists: String = "WAYMARK_NETWORK_LISTS", "none", "directory of published network lists (Apple Private Relay, Google, Microsoft 365, OpenAI, plain CIDR files) named by its `lists.toml`, as `scripts/refresh-networks` writes it; re-read when it changes";
         asn_db: String = "WAYMARK_ASN_DB", "none", "MaxMind-format ASN database (GeoLite2-ASN layout): `network` in events, ASN operators in the network list";
         city_db: String = "WAYMARK_CITY_DB", "none", "MaxMind-format city database: `geo` in events";
         prefetch_window_ms: u64 = "WAYMARK_PREFETCH_WINDOW_MS", "`5000`", "hits this soon after the send time are prefetches";
