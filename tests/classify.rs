@@ -399,3 +399,18 @@ fn the_classify_command_runs_the_server_classifier() {
         String::from_utf8_lossy(&out.stderr).contains("\"nonsense\" before the tab is not an IP address")
     );
 }
+
+/// scripts/refresh-networks against copies served on loopback: valid copies
+/// replace the lists and are named in lists.toml, invalid, empty or missing
+/// ones leave the old lists in place and fail the run.
+#[test]
+fn the_network_refresh_script_replaces_lists_only_with_valid_copies() {
+    let out = std::process::Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/refresh-networks"))
+        .arg("--self-test")
+        .output()
+        .expect("python3 runs the refresh script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("self-test: 1 passed, 0 failed"), "{stdout}");
+}
