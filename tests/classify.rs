@@ -381,6 +381,10 @@ fn the_classify_command_runs_the_server_classifier() {
     assert_eq!(lines[1]["ip"], "203.0.113.9");
     assert_eq!(lines[1]["verdict"], "bot");
     assert_eq!(lines[2]["verdict"], "bot");
+    // The category an event would carry, as the events carry it.
+    assert_eq!(lines[0]["agent_category"], "browser");
+    assert_eq!(lines[1]["agent_category"], "http-library");
+    assert_eq!(lines[2]["agent_category"], "search-engine");
 
     let one = waymark(&["classify", "--ua", "x", "--ip", "not-an-ip"], &[]);
     assert!(!one.status.success());

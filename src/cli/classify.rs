@@ -69,6 +69,7 @@ fn classify_line(
         "user_agent": ua,
         "verdict": a.verdict,
         "reasons": a.reasons,
+        "agent_category": a.category,
         "machine_open": a.machine_open,
         "device": a.device,
         "geo": a.geo,
