@@ -9,8 +9,9 @@
 //!   URL and defaults; [`token`]: sealed tokens (AES-256-GCM with a key
 //!   id), the only way a URL's claims are read; [`keys`] holds the rotating
 //!   key ring and [`destination`] the validated redirect target.
-//! - [`pipeline`]: the bounded hand-off and the thread that turns hits into
-//!   events: [`classify`] judges a hit, [`event`] builds and encodes the JSON.
+//! - [`pipeline`]: the bounded hand-off and the judge threads, sharded by
+//!   message, that turn hits into events: [`classify`] judges a hit,
+//!   [`event`] builds and encodes the JSON.
 //! - `kafka_judge`: the judge across processes (`judge = "kafka"`): hit
 //!   records on a Kafka topic, judged by `waymark judge` processes.
 //! - [`sink`]: where events go, behind one trait: the JSON-lines file by
