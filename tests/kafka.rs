@@ -19,20 +19,6 @@ use rdkafka::{Offset, TopicPartitionList};
 use support::*;
 use waymark::token;
 
-/// The shared broker, or a loud failure in CI.
-fn broker() -> Option<String> {
-    match std::env::var("WAYMARK_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var("CI").is_ok() => {
-            panic!("CI must run the Kafka tests: WAYMARK_TEST_KAFKA is not set")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: no broker; run `. $(scripts/kafka-broker start)` first");
-            None
-        }
-    }
-}
-
 /// A broker of this test's own, killed when dropped.
 struct OwnBroker {
     child: Child,

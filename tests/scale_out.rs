@@ -25,19 +25,6 @@ use waymark::token::{self, Claims, Link, Target};
 const PARTITIONS: &str = "4";
 const BROWSER: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 Safari/605.1.15";
 
-fn broker() -> Option<String> {
-    match std::env::var("WAYMARK_TEST_KAFKA") {
-        Ok(b) => Some(b),
-        Err(_) if std::env::var("CI").is_ok() => {
-            panic!("CI must run the Kafka tests: WAYMARK_TEST_KAFKA is not set")
-        }
-        Err(_) => {
-            eprintln!("SKIPPED: no broker; run `. $(scripts/kafka-broker start)` first");
-            None
-        }
-    }
-}
-
 /// One test's topics and group, unique to it.
 struct Names {
     events: String,

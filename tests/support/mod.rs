@@ -224,3 +224,18 @@ pub fn waymark(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     }
     cmd.output().unwrap()
 }
+
+/// The shared test broker (`scripts/kafka-broker start`), or a loud failure
+/// in CI; elsewhere the Kafka tests say they are skipped.
+pub fn broker() -> Option<String> {
+    match std::env::var("WAYMARK_TEST_KAFKA") {
+        Ok(b) => Some(b),
+        Err(_) if std::env::var("CI").is_ok() => {
+            panic!("CI must run the Kafka tests: WAYMARK_TEST_KAFKA is not set")
+        }
+        Err(_) => {
+            eprintln!("SKIPPED: no broker; run `. $(scripts/kafka-broker start)` first");
+            None
+        }
+    }
+}
