@@ -73,6 +73,10 @@ impl Service {
             .env("WAYMARK_DATA_DIR", dir.path())
             .env("WAYMARK_FLUSH_INTERVAL_MS", "20")
             .env("WAYMARK_LOG", "warn")
+            // One judge thread whatever the machine's cores, so events of
+            // different messages keep their order; tests of the sharded
+            // judge ask for more.
+            .env("WAYMARK_JUDGE_THREADS", "1")
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
         if !keys.is_empty() {
