@@ -251,7 +251,7 @@ impl Pipeline {
                 tracing::error!("a judge thread panicked");
             }
         }
-        let mut sink = self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut sink = worker::lock(&self.sink);
         checked(&self.stats, sink.close());
     }
 }

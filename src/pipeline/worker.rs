@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::Handle;
@@ -13,6 +13,12 @@ use crate::sink::Sink;
 
 /// The sink every judge thread publishes to, one at a time.
 pub type SharedSink = Arc<Mutex<Box<dyn Sink>>>;
+
+/// The shared sink, taken. A judge thread that panicked while publishing
+/// leaves the sink as it was between two calls: still usable by the others.
+pub fn lock(sink: &SharedSink) -> MutexGuard<'_, Box<dyn Sink>> {
+    sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 pub struct Worker {
     /// Judges each hit, or forwards it to judges elsewhere.
@@ -86,10 +92,8 @@ impl Worker {
         }
     }
 
-    fn sink(&self) -> std::sync::MutexGuard<'_, Box<dyn Sink>> {
-        // A judge thread that panicked while publishing leaves the sink as
-        // it was between two calls: still usable by the others.
-        self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn sink(&self) -> MutexGuard<'_, Box<dyn Sink>> {
+        lock(&self.sink)
     }
 
     fn take(&mut self, job: Job) {
@@ -98,7 +102,7 @@ impl Worker {
             Job::Durable(hit, done) => (hit, Some(done)),
         };
         let taken = {
-            let mut sink = self.sink.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut sink = lock(&self.sink);
             self.judge.handle(&hit, &mut **sink)
         };
         if let Some(done) = done {
