@@ -11,7 +11,6 @@ use crate::classify::Classifier;
 use crate::config::{Config, ConfigError, JudgeMode, KeySource, KeySpec, SinkSettings};
 use crate::edge::{ClientAddress, Edge};
 use crate::health::Health;
-use crate::keys::KeyRing;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Pipeline};
 use crate::ratelimit::ClientLimit;
@@ -38,7 +37,7 @@ pub enum StartError {
 }
 
 /// What to tell whoever is about to use a development ring.
-pub fn development_ring_warning(path: &std::path::Path) -> String {
+fn development_ring_warning(path: &std::path::Path) -> String {
     format!(
         "DEVELOPMENT KEY RING IN USE ({}): links minted with it stop working wherever this file is lost. \
          Set WAYMARK_KEYS (see `waymark keygen`) before sending real mail.",
@@ -46,26 +45,22 @@ pub fn development_ring_warning(path: &std::path::Path) -> String {
     )
 }
 
-/// Loads the key ring; a development ring is returned with its path.
-pub fn load_keys(spec: KeySpec) -> Result<(KeyRing, Option<std::path::PathBuf>), ConfigError> {
-    let (ring, source) = spec.load()?;
-    Ok((
-        ring,
-        match source {
-            KeySource::Development(path) => Some(path),
-            KeySource::Configured => None,
-        },
-    ))
-}
-
-/// The tenancy of a configuration, over its loaded ring.
-pub fn tenancy(config: &Config, keys: KeyRing) -> Tenancy {
-    Tenancy::new(
+/// The tenancy of a configuration: loads its key ring (reading the key
+/// file, or creating the development ring) and hands `warn` the warning a
+/// development ring deserves, for the caller to say its own way.
+pub fn tenancy(config: &mut Config, warn: impl FnOnce(&str)) -> Result<Tenancy, ConfigError> {
+    // The spec is consumed by loading; what is left in its place is never read.
+    let spec = std::mem::replace(&mut config.keys, KeySpec::Development(Default::default()));
+    let (keys, source) = spec.load()?;
+    if let KeySource::Development(path) = source {
+        warn(&development_ring_warning(&path));
+    }
+    Ok(Tenancy::new(
         Arc::new(keys),
         tenancy::default_base(config.public_url.as_ref(), config.listen),
         config.tenants.clone(),
         config.unknown_hosts,
-    )
+    ))
 }
 
 /// librdkafka checks every property when a client is made, so a typo

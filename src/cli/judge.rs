@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context as _, bail};
 
-use crate::config::{Config, JudgeMode, KeySpec, SinkSettings};
+use crate::config::{Config, JudgeMode, SinkSettings};
 use crate::health::Health;
 use crate::kafka_judge::{self, JudgeStats, consumer::Options};
 use crate::metrics::{Metrics, Source};
@@ -23,12 +23,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         );
     };
     startup::probe_kafka(&kafka)?;
-    let spec = std::mem::replace(&mut config.keys, KeySpec::Development(Default::default()));
-    let (ring, development) = startup::load_keys(spec)?;
-    if let Some(path) = development {
-        tracing::warn!("{}", startup::development_ring_warning(&path));
-    }
-    let tenancy = Arc::new(startup::tenancy(&config, ring));
+    let tenancy = Arc::new(startup::tenancy(&mut config, |warning| tracing::warn!("{warning}"))?);
     let events = crate::event::Settings {
         privacy: config.privacy.clone(),
         repeat_window_ms: config.classify.windows.repeat.as_millis() as i64,

@@ -19,7 +19,6 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, LogFormat};
-use crate::keys::KeyRing;
 use crate::minting::MessageSpec;
 use crate::startup;
 use crate::tenancy::Tenancy;
@@ -115,12 +114,7 @@ fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 /// The tenancy for a minting command, warning on stderr when it mints with
 /// the development ring: such links stop working in production.
 fn minting_tenancy(config: &mut Config) -> anyhow::Result<Tenancy> {
-    let spec = std::mem::replace(&mut config.keys, crate::config::KeySpec::Development(PathBuf::new()));
-    let (ring, development): (KeyRing, _) = startup::load_keys(spec)?;
-    if let Some(path) = development {
-        eprintln!("waymark: warning: {}", startup::development_ring_warning(&path));
-    }
-    Ok(startup::tenancy(config, ring))
+    Ok(startup::tenancy(config, |warning| eprintln!("waymark: warning: {warning}"))?)
 }
 
 /// What `sign` and `rewrite` both need to know of the message.

@@ -2,19 +2,14 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, JudgeMode, KeySpec, SinkSettings};
+use crate::config::{Config, JudgeMode, SinkSettings};
 use crate::startup;
 use crate::tenancy::Tenancy;
 use crate::token::{Claims, Link, Target};
 
 pub fn run(mut config: Config) -> anyhow::Result<()> {
     super::init_logging(&config)?;
-    let spec = std::mem::replace(&mut config.keys, KeySpec::Development(Default::default()));
-    let (ring, development) = startup::load_keys(spec)?;
-    if let Some(path) = development {
-        tracing::warn!("{}", startup::development_ring_warning(&path));
-    }
-    let tenancy = Arc::new(startup::tenancy(&config, ring));
+    let tenancy = Arc::new(startup::tenancy(&mut config, |warning| tracing::warn!("{warning}"))?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let base = tenancy.base_url(None).as_str().trim_end_matches('/').to_owned();
