@@ -46,6 +46,13 @@ static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
         r"|(?-u:\b)(?:maui|mre/|wap[ _-]?browser|dorado|teleca|brew/|bada/|polaris|dolfin|opera|opr/|lynx/|dillo/|",
         r"libwww-fm|amiga|beos|haiku|risc os|palmos|palm-|nokia|samsung-|browser/|hotjava|webtv|crkey|dtv\))",
         r"|mosaic/|[._]browser(?-u:\b)|openharmony|harmonyos",
+        // Text-mode browsers, browsers that call themselves one by name
+        // (`Maemo Browser`, `Avant Browser;`, `PrivacyBrowser/1.0`), and
+        // old browsers known by a bare name and version.
+        r"|^(?:w3m|e?links2?)[/ (]|(?:^|[ ;(])[a-z]* ?browser(?: [0-9]|/[0-9]|;|$)|internet explorer|[a-z]+ explorer [0-9]",
+        r"|^(?:firefox|midori|omniweb|bonecho)[ /]?[0-9]|icab [0-9]|[ _]mosaic[ /][0-9]",
+        // Apple's system networking on behalf of Safari, Mail and apps.
+        r"|(?-u:\b)network/[0-9.]+ (?:ios|ipados|macos|watchos|tvos|visionos)/",
         // App names, frameworks and systems of phones and desktops.
         r"|-ios-|itunes/|alamofire/|\(win(?:xp|7|8|10|11) x(?:64|86)\)",
     ))
@@ -76,6 +83,14 @@ mod tests {
             "Dalvik/2.1.0 (Linux; U; Android 11; SM-A515F Build/RP1A.200720.012)",
             "Superhuman/3.10.1 (com.superhuman.Superhuman; build:11343; iOS 17.5.1) Alamofire/5.9.0",
             "Instagram 123.0.0.21.115 (iPhone11,8; iOS 13_3; en_US; en-US; scale=2.00; 828x1792; 190542906)",
+            "w3m/0.52",
+            "ELinks (0.4.3; NetBSD 3.0.2PATCH sparc64; 141x19)",
+            "Maemo Browser",
+            "PrivacyBrowser/1.0",
+            "Deepnet Explorer 1.5.3; Smart 2x2; Avant Browser; .NET CLR 2.0.50727; InfoPath.1)",
+            "Midori 0.1.10",
+            "com.apple.WebKit.Networking/21623.1.14.11.9 Network/5569.60.39.0.3 macOS/26.2",
+            "NetworkingExtension/8619.1.26.30.5 Network/4277.2.5 iOS/18.0",
         ];
         for ua in people {
             assert!(looks_like_a_person(ua, None), "{ua}");
@@ -87,6 +102,7 @@ mod tests {
             "PycURL/7.43.0 libcurl/7.47.0 GnuTLS/3.4.10 zlib/1.2.8",
             "Mozilla/5.0 (compatible; SomeNewFetcher/1.0)",
             "Norton-Safeweb",
+            "Browsershots",
         ];
         for ua in machines {
             assert!(!looks_like_a_person(ua, None), "{ua}");
