@@ -10,6 +10,8 @@
 //!    or mail client gets the rule file's `unknown_agents` verdict
 //!    (`ua:unknown-agent`), when the file sets one.
 
+use std::sync::Arc;
+
 use super::crawlers::CrawlerList;
 use super::people;
 use super::rules::{Rule, Rules};
@@ -18,7 +20,7 @@ use super::{Category, Device, Reason, Verdict};
 /// What a user agent says.
 #[derive(Debug)]
 pub(super) struct UaFacts {
-    pub device: Option<Device>,
+    pub device: Option<Arc<Device>>,
     /// The verdict, its reason and whether it is a machine open, when a
     /// rule, the crawler list or woothee knows the agent.
     pub known: Option<(Verdict, Reason, bool)>,
@@ -54,7 +56,7 @@ pub(super) fn read(
             None => (None, Category::Unknown),
         },
     };
-    UaFacts { device, known, category }
+    UaFacts { device: device.map(Arc::new), known, category }
 }
 
 /// The kind of a user agent no list knows: a browser when woothee reads

@@ -101,7 +101,8 @@ pub struct Assessment {
     /// What kind of agent the user agent names.
     pub category: Category,
     pub machine_open: bool,
-    pub device: Option<Device>,
+    /// Shared with the user-agent cache: a cached hit copies no strings.
+    pub device: Option<Arc<Device>>,
     pub geo: Option<Geo>,
     pub asn: Option<Asn>,
 }
@@ -113,7 +114,7 @@ pub struct Judgement {
     pub counted: bool,
     pub reasons: Vec<Reason>,
     pub agent_category: Category,
-    pub device: Option<Device>,
+    pub device: Option<Arc<Device>>,
     pub geo: Option<Geo>,
     pub asn: Option<Asn>,
     pub rules_version: Arc<str>,

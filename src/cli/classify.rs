@@ -71,7 +71,7 @@ fn classify_line(
         "reasons": a.reasons,
         "agent_category": a.category,
         "machine_open": a.machine_open,
-        "device": a.device,
+        "device": a.device.as_deref(),
         "geo": a.geo,
         "network": a.asn,
         "rules_version": classifier.rules_version(),

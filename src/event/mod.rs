@@ -240,7 +240,7 @@ impl<'a> Event<'a> {
                     verdict: judgement.verdict,
                     reasons,
                     agent_category: judgement.agent_category,
-                    device: judgement.device.as_ref(),
+                    device: judgement.device.as_deref(),
                     geo: judgement.geo.as_ref(),
                     network: judgement.asn.as_ref(),
                     rules_version: &judgement.rules_version,
