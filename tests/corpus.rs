@@ -194,7 +194,7 @@ fn the_unknown_agent_model_costs_and_gains() {
     }
 }
 
-/// How a held-out row went wrong, worst first: a person called a machine
+/// How a held-out row went wrong. A person called a machine
 /// costs an engagement; a machine called a person counts a fake one.
 fn mistake(truth: Verdict, got: Verdict, ua: &str) -> &'static str {
     let browser_like = ua.starts_with("Mozilla/") || ua.starts_with("Opera/");
