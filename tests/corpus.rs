@@ -7,9 +7,19 @@
 //! measure that list. Fails if the headline drops below its floor, or if
 //! any person's client (a `human` row) is called a scanner or a bot, or is
 //! matched by any pattern kept from the vendored list.
+//!
+//! The rules were tuned while reading that corpus, so its figure flatters
+//! them. tests/data/ua_holdout.tsv holds real user agents from public
+//! fixtures the rules were never written from (Crawler-Detect, isbot); its
+//! test prints the out-of-sample figures per source and per verdict, and
+//! every row it gets wrong. Never fix a rule from that file: it would stop
+//! being held out.
 
 use std::collections::{BTreeMap, HashSet};
 
+mod labelled;
+
+use labelled::{Row, Tally, origin, pct, person, print_scores, print_verdicts};
 use waymark::classify::crawlers::{self, CrawlerList};
 use waymark::classify::{Classifier, Settings, Verdict};
 use waymark::token::Kind;
@@ -19,86 +29,28 @@ use waymark::token::Kind;
 /// losing ground, not the goal.
 const HEADLINE_FLOOR: f64 = 95.0;
 
-struct Row {
-    truth: Verdict,
-    signal: bool,
-    ua: String,
-    source: String,
-}
+/// People's clients in the held-out set that the classifier calls a scanner
+/// or a bot, as measured on main 9dc807b when the set was made: the Amaya
+/// and Charon browsers and two DuckDuckGo strings without their `Mozilla/`
+/// prefix. The goal is none; the test fails if the count grows.
+const HELD_OUT_PEOPLE_CALLED_MACHINES: usize = 4;
+
+/// The public fixtures the held-out set is drawn from, each of which must
+/// still give it rows.
+const HELD_OUT_FILES: [&str; 4] = [
+    "github:JayBizzle/Crawler-Detect crawlers.txt",
+    "github:JayBizzle/Crawler-Detect devices.txt",
+    "github:omrilotan/isbot browsers.yml",
+    "github:omrilotan/isbot crawlers.yml",
+];
 
 fn corpus() -> Vec<Row> {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/ua_corpus.tsv")).unwrap();
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.starts_with('#') && !l.trim().is_empty());
-    assert_eq!(lines.next().map(|(_, l)| l), Some("verdict\tua_signal\tuser_agent\tsource"));
-    lines
-        .map(|(i, l)| {
-            let n = i + 1;
-            let cols: Vec<&str> = l.split('\t').collect();
-            assert_eq!(cols.len(), 4, "line {n}: {l:?}");
-            assert!(!cols[3].trim().is_empty(), "line {n} cites no source");
-            Row {
-                truth: Verdict::parse(cols[0]).unwrap_or_else(|| panic!("line {n}: verdict {:?}", cols[0])),
-                signal: match cols[1] {
-                    "yes" => true,
-                    "no" => false,
-                    other => panic!("line {n}: ua_signal {other:?}"),
-                },
-                ua: cols[2].to_owned(),
-                source: cols[3].to_owned(),
-            }
-        })
-        .collect()
-}
-
-/// The package or repository a row cites: `pypi:device-detector==6.5.1`,
-/// `github:ua-parser/uap-core`, `npm:user-agents@2.1.198`, or `web page`.
-fn origin(source: &str) -> String {
-    let parts: Vec<&str> = source.split('/').collect();
-    if source.starts_with("github:") && parts.len() >= 2 {
-        format!("{}/{}", parts[0], parts[1])
-    } else if source.starts_with("pypi:") || source.starts_with("npm:") {
-        parts[0].to_owned()
-    } else {
-        "web page".to_owned()
-    }
+    labelled::load("ua_corpus.tsv")
 }
 
 /// The vendored list's own example user agents.
 fn list_instances() -> HashSet<String> {
     crawlers::entries(crawlers::LIST).unwrap().into_iter().flat_map(|e| e.instances).collect()
-}
-
-#[derive(Default)]
-struct Tally {
-    rows: usize,
-    right: usize,
-}
-
-impl Tally {
-    fn pct(&self) -> String {
-        if self.rows == 0 {
-            "-".into()
-        } else {
-            format!("{:.1}%", 100.0 * self.right as f64 / self.rows as f64)
-        }
-    }
-}
-
-fn pct(a: usize, b: usize) -> String {
-    if b == 0 { "-".to_owned() } else { format!("{:.1}%", 100.0 * a as f64 / b as f64) }
-}
-
-/// Precision and recall per verdict from `(truth, predicted)` pairs.
-fn print_verdicts(title: &str, pairs: &[(Verdict, Verdict)]) {
-    println!("{title}");
-    println!("  {:<8} {:>5} {:>9} {:>7}", "verdict", "rows", "precision", "recall");
-    for v in Verdict::ALL {
-        let truth = pairs.iter().filter(|(t, _)| *t == v).count();
-        let predicted = pairs.iter().filter(|(_, p)| *p == v).count();
-        let right = pairs.iter().filter(|(t, p)| *t == v && *p == v).count();
-        println!("  {:<8} {:>5} {:>9} {:>7}", v.as_str(), truth, pct(right, predicted), pct(right, truth));
-    }
 }
 
 #[test]
@@ -130,7 +82,6 @@ fn classifier_accuracy_on_the_labelled_corpus() {
             tally.right += right as usize;
             if !listed {
                 headline_pairs.push((row.truth, got));
-                let person = |v: Verdict| v <= Verdict::Proxy;
                 counting.rows += 1;
                 counting.right += (person(got) == person(row.truth)) as usize;
             }
@@ -241,4 +192,64 @@ fn the_unknown_agent_model_costs_and_gains() {
     if BUILTIN.contains(line) {
         assert!(people_called_machines.is_empty(), "the model is on and calls people machines");
     }
+}
+
+/// How a held-out row went wrong. A person called a machine
+/// costs an engagement; a machine called a person counts a fake one.
+fn mistake(truth: Verdict, got: Verdict, ua: &str) -> &'static str {
+    let browser_like = ua.starts_with("Mozilla/") || ua.starts_with("Opera/");
+    match (person(truth), person(got)) {
+        (true, false) => "person called a machine",
+        (false, true) if browser_like => "machine called a person (browser-like user agent)",
+        (false, true) => "machine called a person (other user agent)",
+        (true, true) => "person, wrong kind (human or proxy)",
+        (false, false) if truth == Verdict::Scanner => "scanner called bot",
+        (false, false) => "bot called scanner",
+    }
+}
+
+/// The out-of-sample figure: the held-out set, judged by the user agent
+/// alone as the corpus is.
+#[test]
+fn classifier_accuracy_on_the_held_out_set() {
+    let rows = labelled::load("ua_holdout.tsv");
+    let mut classifier = Classifier::new(&Settings::default()).unwrap();
+    let mut by_file: BTreeMap<String, Vec<(Verdict, Verdict)>> = BTreeMap::new();
+    let mut all = Vec::new();
+    let mut wrong: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for row in rows.iter().filter(|r| r.signal) {
+        let got = classifier.assess(Kind::Open, None, Some(&row.ua)).verdict;
+        by_file.entry(labelled::origin_file(&row.source)).or_default().push((row.truth, got));
+        all.push((row.truth, got));
+        if got != row.truth {
+            let line = format!("  {} as {}: {} ({})", row.truth.as_str(), got.as_str(), row.ua, row.source);
+            wrong.entry(mistake(row.truth, got, &row.ua)).or_default().push(line);
+        }
+    }
+
+    println!("held-out set: {} rows, {} carry the signal in the user agent", rows.len(), all.len());
+    print_scores("HELD-OUT, all sources", &all);
+    let mut by_origin: BTreeMap<String, Vec<(Verdict, Verdict)>> = BTreeMap::new();
+    for (file, pairs) in &by_file {
+        by_origin.entry(file.split(' ').next().unwrap_or(file).to_owned()).or_default().extend(pairs);
+    }
+    for (origin, pairs) in &by_origin {
+        print_scores(origin, pairs);
+    }
+    for (file, pairs) in &by_file {
+        print_scores(file, pairs);
+    }
+    for (kind, lines) in &wrong {
+        println!("misclassified, {kind} ({}):\n{}", lines.len(), lines.join("\n"));
+    }
+
+    for file in HELD_OUT_FILES {
+        assert!(by_file.get(file).is_some_and(|p| !p.is_empty()), "no held-out rows from {file}");
+    }
+    assert!(all.len() >= 500, "the held-out set has only {} signal rows", all.len());
+    let people_as_machines = wrong.get("person called a machine").map_or(0, Vec::len);
+    assert!(
+        people_as_machines <= HELD_OUT_PEOPLE_CALLED_MACHINES,
+        "{people_as_machines} held-out people called scanner or bot, more than the {HELD_OUT_PEOPLE_CALLED_MACHINES} known"
+    );
 }
