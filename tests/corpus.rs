@@ -25,15 +25,8 @@ use waymark::classify::{Classifier, Settings, Verdict};
 use waymark::token::Kind;
 
 /// The headline accuracy must not fall below this (percent). The goal is
-/// 97; measured 95.7 (README, Classification), so this guards against
-/// losing ground, not the goal.
-const HEADLINE_FLOOR: f64 = 95.0;
-
-/// People's clients in the held-out set that the classifier calls a scanner
-/// or a bot, as measured on main 9dc807b when the set was made: the Amaya
-/// and Charon browsers and two DuckDuckGo strings without their `Mozilla/`
-/// prefix. The goal is none; the test fails if the count grows.
-const HELD_OUT_PEOPLE_CALLED_MACHINES: usize = 4;
+/// 97, measured 97.1 (README, Classification).
+const HEADLINE_FLOOR: f64 = 97.0;
 
 /// The public fixtures the held-out set is drawn from, each of which must
 /// still give it rows.
@@ -247,9 +240,10 @@ fn classifier_accuracy_on_the_held_out_set() {
         assert!(by_file.get(file).is_some_and(|p| !p.is_empty()), "no held-out rows from {file}");
     }
     assert!(all.len() >= 500, "the held-out set has only {} signal rows", all.len());
+    // On main 9dc807b, when the set was made, four people were called
+    // machines (Amaya, Charon, DuckDuckGo without its Mozilla/ prefix);
+    // their shapes were added to people.rs after, so these four rows no
+    // longer measure anything out of sample.
     let people_as_machines = wrong.get("person called a machine").map_or(0, Vec::len);
-    assert!(
-        people_as_machines <= HELD_OUT_PEOPLE_CALLED_MACHINES,
-        "{people_as_machines} held-out people called scanner or bot, more than the {HELD_OUT_PEOPLE_CALLED_MACHINES} known"
-    );
+    assert_eq!(people_as_machines, 0, "held-out people called scanner or bot");
 }

@@ -51,6 +51,9 @@ static SHAPES: LazyLock<Regex> = LazyLock::new(|| {
         // old browsers known by a bare name and version.
         r"|^(?:w3m|e?links2?)[/ (]|(?:^|[ ;(])[a-z]* ?browser(?: [0-9]|/[0-9]|;|$)|internet explorer|[a-z]+ explorer [0-9]",
         r"|^(?:firefox|midori|omniweb|bonecho)[ /]?[0-9]|icab [0-9]|[ _]mosaic[ /][0-9]",
+        // Browsers that drop the Mozilla/5.0 prefix (DuckDuckGo's Android
+        // browser), and two museum browsers (W3C's Amaya, Inferno's Charon).
+        r"|^applewebkit/[0-9.]+ \(khtml, like gecko\)|^amaya/[0-9]|\(charon; inferno\)",
         // Apple's system networking on behalf of Safari, Mail and apps.
         r"|(?-u:\b)network/[0-9.]+ (?:ios|ipados|macos|watchos|tvos|visionos)/",
         // App names, frameworks and systems of phones and desktops.
@@ -89,6 +92,7 @@ mod tests {
             "PrivacyBrowser/1.0",
             "Deepnet Explorer 1.5.3; Smart 2x2; Avant Browser; .NET CLR 2.0.50727; InfoPath.1)",
             "Midori 0.1.10",
+            "AppleWebKit/537.36 (KHTML, like Gecko) Version/4.0 Chrome/118.0.0.0 Mobile DuckDuckGo/5 Safari/537.36",
             "com.apple.WebKit.Networking/21623.1.14.11.9 Network/5569.60.39.0.3 macOS/26.2",
             "NetworkingExtension/8619.1.26.30.5 Network/4277.2.5 iOS/18.0",
         ];
