@@ -132,7 +132,7 @@ fn whole_request(c: &mut Criterion) {
     let sink = Box::new(waymark::sink::file::FileSink::open(std::path::Path::new("/dev/null")).unwrap());
     let classifier = Classifier::new(&Settings::default()).unwrap();
     let options = waymark::pipeline::Options {
-        privacy: waymark::privacy::Privacy::default(),
+        events: waymark::event::Settings { repeat_window_ms: 60_000, ..Default::default() },
         capacity: 1 << 20,
         flush_interval: std::time::Duration::from_secs(1),
         durable_within: std::time::Duration::from_secs(3),

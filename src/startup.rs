@@ -115,7 +115,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let mut sources: Vec<Arc<dyn crate::metrics::Source>> = vec![cache_stats];
     sources.extend(sink.metrics());
     let options = pipeline::Options {
-        privacy: config.privacy.clone(),
+        events: event_settings(&config),
         capacity: config.queue_capacity,
         flush_interval: config.flush_interval,
         durable_within: config.unsubscribe_durable,
@@ -153,6 +153,16 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
         max_connections: config.max_connections,
     };
     Ok(Server::bind(listeners, limits, edge, pipeline, stats, health).await?)
+}
+
+/// What every event shares, the same whether `serve` or `judge` builds it:
+/// how much of the client it keeps, and the `dedup_key` bucket (the
+/// repeat window the classifier judges repeats by).
+pub fn event_settings(config: &Config) -> crate::event::Settings {
+    crate::event::Settings {
+        privacy: config.privacy.clone(),
+        repeat_window_ms: config.classify.windows.repeat.as_millis() as i64,
+    }
 }
 
 #[cfg(test)]

@@ -380,11 +380,6 @@ impl Classifier {
         a
     }
 
-    /// The repeat window: also the bucket of an event's `dedup_key`.
-    pub fn repeat_window(&self) -> std::time::Duration {
-        self.behaviour.windows().repeat
-    }
-
     /// Judges one hit, in the light of the hits of its message before it.
     pub fn judge(&mut self, hit: &Hit) -> Outcome {
         let claims = hit.token.claims();

@@ -24,10 +24,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
     };
     startup::probe_kafka(&kafka)?;
     let tenancy = Arc::new(startup::tenancy(&mut config, |warning| tracing::warn!("{warning}"))?);
-    let events = crate::event::Settings {
-        privacy: config.privacy.clone(),
-        repeat_window_ms: config.classify.windows.repeat.as_millis() as i64,
-    };
+    let events = startup::event_settings(&config);
     let options =
         Options { kafka: kafka.clone(), hits: hits.clone(), classify: config.classify.clone(), events };
     let (stats, pipeline) = (Arc::new(JudgeStats::default()), Arc::new(Stats::default()));

@@ -186,11 +186,13 @@ impl Judging {
         }
         // Shares the rules and caches; the behaviour state is the partition's own.
         let classifier = self.classifier.shard();
-        let mut judge = Judge::new(classifier, self.events.clone(), self.pipeline.clone());
-        // Bad records met again while rebuilding were counted when first judged.
+        // Hits and bad records met again while rebuilding were counted when
+        // first judged: `waymark_hits_total` counts each hit once.
+        let mut judge = Judge::new(classifier, self.events.clone(), Default::default());
         let (tenancy, uncounted) = (self.tenancy.clone(), JudgeStats::default());
         let open = move |r: &HitRecord| open(&tenancy, &uncounted, r);
         let rebuilt = self.replayer.rebuild(p, offset, first_hit_ms, self.horizon, &mut judge, &open);
+        judge.count_into(self.pipeline.clone());
         tracing::info!(
             partition = p,
             from = rebuilt.from,

@@ -28,6 +28,13 @@ impl Judge {
         Judge { classifier, events, stats, json: Vec::with_capacity(4096) }
     }
 
+    /// From now on counts into `stats`. A judge rebuilding a partition's
+    /// state replays hits that were counted when first judged; it counts
+    /// them into throwaway stats, then into the process's.
+    pub fn count_into(&mut self, stats: Arc<Stats>) {
+        self.stats = stats;
+    }
+
     /// Judges one hit and publishes its events; false if the sink refused one.
     pub fn handle(&mut self, hit: &Hit, sink: &mut dyn Sink) -> bool {
         let outcome = self.classifier.judge(hit);

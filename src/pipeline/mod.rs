@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use crate::classify::Classifier;
 use crate::hit::Hit;
-use crate::privacy::Privacy;
 use crate::sink::Sink;
 
 pub use judge::Judge;
@@ -161,7 +160,8 @@ pub fn shard_of(hit: &Hit, shards: usize) -> usize {
 /// How the pipeline runs.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub privacy: Privacy,
+    /// What every event shares (see [`crate::startup::event_settings`]).
+    pub events: crate::event::Settings,
     /// Hits waiting, over all judge threads, before new ones are dropped.
     pub capacity: usize,
     pub flush_interval: Duration,
@@ -187,10 +187,7 @@ impl Pipeline {
         let stats = Arc::new(Stats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let sink: SharedSink = Arc::new(Mutex::new(sink));
-        let events = crate::event::Settings {
-            privacy: options.privacy.clone(),
-            repeat_window_ms: classifier.repeat_window().as_millis() as i64,
-        };
+        let events = options.events.clone();
         let mut classifiers: Vec<Classifier> = (1..n).map(|_| classifier.shard()).collect();
         classifiers.insert(0, classifier);
         let steps = classifiers

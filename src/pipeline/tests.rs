@@ -85,7 +85,7 @@ fn unsubscribe() -> Hit {
 fn start(sink: Scripted, capacity: usize, within: Duration) -> (Recorder, Pipeline) {
     let classifier = Classifier::new(&Settings::default()).unwrap();
     let options = Options {
-        privacy: Privacy::default(),
+        events: Default::default(),
         capacity,
         flush_interval: Duration::from_secs(3600),
         durable_within: within,
@@ -240,7 +240,7 @@ fn verdicts(events: &[serde_json::Value]) -> Vec<String> {
 fn judged(hits: &[Hit], judge_threads: usize) -> Vec<serde_json::Value> {
     let sink = Captured::default();
     let options = Options {
-        privacy: Privacy::default(),
+        events: Default::default(),
         capacity: 4096,
         flush_interval: Duration::from_secs(3600),
         durable_within: Duration::from_secs(60),
