@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::classify::Classifier;
-use crate::config::{Config, ConfigError, JudgeMode, KeySource, KeySpec, SinkSettings};
+use crate::config::{Config, ConfigError, JudgeMode, KeySource, SinkSettings};
 use crate::edge::{ClientAddress, Edge};
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -48,15 +48,13 @@ fn development_ring_warning(path: &std::path::Path) -> String {
 /// The tenancy of a configuration: loads its key ring (reading the key
 /// file, or creating the development ring) and hands `warn` the warning a
 /// development ring deserves, for the caller to say its own way.
-pub fn tenancy(config: &mut Config, warn: impl FnOnce(&str)) -> Result<Tenancy, ConfigError> {
-    // The spec is consumed by loading; what is left in its place is never read.
-    let spec = std::mem::replace(&mut config.keys, KeySpec::Development(Default::default()));
-    let (keys, source) = spec.load()?;
+pub fn tenancy(config: &Config, warn: impl FnOnce(&str)) -> Result<Tenancy, ConfigError> {
+    let (keys, source) = config.keys.load()?;
     if let KeySource::Development(path) = source {
         warn(&development_ring_warning(&path));
     }
     Ok(Tenancy::new(
-        Arc::new(keys),
+        keys,
         tenancy::default_base(config.public_url.as_ref(), config.listen),
         config.tenants.clone(),
         config.unknown_hosts,

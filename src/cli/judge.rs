@@ -14,7 +14,7 @@ use crate::metrics::{Metrics, Source};
 use crate::pipeline::Stats;
 use crate::startup;
 
-pub fn run(mut config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config) -> anyhow::Result<()> {
     super::init_logging(&config)?;
     let (JudgeMode::Kafka(hits), SinkSettings::Kafka(kafka)) = (config.judge.clone(), config.sink.clone())
     else {
@@ -23,7 +23,7 @@ pub fn run(mut config: Config) -> anyhow::Result<()> {
         );
     };
     startup::probe_kafka(&kafka)?;
-    let tenancy = Arc::new(startup::tenancy(&mut config, |warning| tracing::warn!("{warning}"))?);
+    let tenancy = Arc::new(startup::tenancy(&config, |warning| tracing::warn!("{warning}"))?);
     let events = startup::event_settings(&config);
     let options =
         Options { kafka: kafka.clone(), hits: hits.clone(), classify: config.classify.clone(), events };

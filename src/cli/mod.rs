@@ -113,7 +113,7 @@ fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
 
 /// The tenancy for a minting command, warning on stderr when it mints with
 /// the development ring: such links stop working in production.
-fn minting_tenancy(config: &mut Config) -> anyhow::Result<Tenancy> {
+fn minting_tenancy(config: &Config) -> anyhow::Result<Tenancy> {
     Ok(startup::tenancy(config, |warning| eprintln!("waymark: warning: {warning}"))?)
 }
 

@@ -27,8 +27,8 @@ pub struct RewriteArgs {
 }
 
 pub fn run(args: &RewriteArgs) -> anyhow::Result<()> {
-    let mut config = super::load_config(args.message.config.as_deref())?;
-    let tenancy = super::minting_tenancy(&mut config)?;
+    let config = super::load_config(args.message.config.as_deref())?;
+    let tenancy = super::minting_tenancy(&config)?;
     // A switch given on the command line turns tracking off; otherwise the
     // tenant's defaults apply, as in the API.
     let off = |flag: bool| flag.then_some(false);

@@ -7,9 +7,9 @@ use crate::startup;
 use crate::tenancy::Tenancy;
 use crate::token::{Claims, Link, Target};
 
-pub fn run(mut config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config) -> anyhow::Result<()> {
     super::init_logging(&config)?;
-    let tenancy = Arc::new(startup::tenancy(&mut config, |warning| tracing::warn!("{warning}"))?);
+    let tenancy = Arc::new(startup::tenancy(&config, |warning| tracing::warn!("{warning}"))?);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let base = tenancy.base_url(None).as_str().trim_end_matches('/').to_owned();

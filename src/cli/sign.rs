@@ -33,8 +33,8 @@ pub struct SignArgs {
 }
 
 pub fn run(args: &SignArgs) -> anyhow::Result<()> {
-    let mut config = super::load_config(args.message.config.as_deref())?;
-    let tenancy = super::minting_tenancy(&mut config)?;
+    let config = super::load_config(args.message.config.as_deref())?;
+    let tenancy = super::minting_tenancy(&config)?;
     if args.count <= 1 {
         println!("{}", sign(&tenancy, args, &args.message.message_id)?);
         return Ok(());

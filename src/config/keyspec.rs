@@ -2,6 +2,7 @@
 //! start-up, because it reads a file or creates the development ring.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::ConfigError;
 use crate::keys::{Key, KeyId, KeyRing};
@@ -9,8 +10,8 @@ use crate::keys::{Key, KeyId, KeyRing};
 /// The key ring as configured, before start-up loads it.
 #[derive(Debug)]
 pub enum KeySpec {
-    /// `keys`: already parsed, since it is inline.
-    Inline { setting: String, ring: KeyRing },
+    /// `keys`: already parsed, since it is inline; shared, never copied.
+    Inline { setting: String, ring: Arc<KeyRing> },
     /// `keys_file`.
     File { setting: String, path: PathBuf },
     /// Neither: the development ring in the data directory.
@@ -27,25 +28,26 @@ pub enum KeySource {
 impl KeySpec {
     /// Loads the ring: reads the key file (refusing one others can read), or
     /// reads the development ring, creating it (mode 600) on first use.
-    pub fn load(self) -> Result<(KeyRing, KeySource), ConfigError> {
+    pub fn load(&self) -> Result<(Arc<KeyRing>, KeySource), ConfigError> {
         match self {
-            KeySpec::Inline { ring, .. } => Ok((ring, KeySource::Configured)),
+            KeySpec::Inline { ring, .. } => Ok((ring.clone(), KeySource::Configured)),
             KeySpec::File { setting, path } => {
-                check_private(&setting, &path)?;
-                let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::KeyFile {
+                check_private(setting, path)?;
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::KeyFile {
                     setting: setting.clone(),
                     path: path.clone(),
                     error,
                 })?;
-                let ring = KeyRing::parse(&text).map_err(|error| ConfigError::Keys { setting, error })?;
-                Ok((ring, KeySource::Configured))
+                let ring = KeyRing::parse(&text)
+                    .map_err(|error| ConfigError::Keys { setting: setting.clone(), error })?;
+                Ok((Arc::new(ring), KeySource::Configured))
             }
             KeySpec::Development(path) => {
                 let text =
-                    dev_keys(&path).map_err(|error| ConfigError::DevKeys { path: path.clone(), error })?;
+                    dev_keys(path).map_err(|error| ConfigError::DevKeys { path: path.clone(), error })?;
                 let ring = KeyRing::parse(&text)
                     .map_err(|error| ConfigError::Keys { setting: path.display().to_string(), error })?;
-                Ok((ring, KeySource::Development(path)))
+                Ok((Arc::new(ring), KeySource::Development(path.clone())))
             }
         }
     }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -194,7 +195,9 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         None => SinkSettings::File(events_file.clone()),
     };
     let keys = match (raw.keys, raw.keys_file) {
-        (Some(list), _) => KeySpec::Inline { setting: origins.name("keys"), ring: c.keys("keys", &list)? },
+        (Some(list), _) => {
+            KeySpec::Inline { setting: origins.name("keys"), ring: Arc::new(c.keys("keys", &list)?) }
+        }
         (None, Some(path)) => KeySpec::File { setting: origins.name("keys_file"), path: path.into() },
         (None, None) => KeySpec::Development(data_dir.join("dev-keys")),
     };
