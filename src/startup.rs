@@ -17,7 +17,7 @@ use crate::ratelimit::ClientLimit;
 use crate::server::{Limits, Listeners, ServeError, Server};
 use crate::sink::Sink;
 use crate::sink::file::FileSink;
-use crate::sink::kafka::{KafkaSettings, KafkaSink};
+use crate::sink::kafka::{HitsSettings, KafkaSettings, KafkaSink};
 use crate::tenancy::{self, Tenancy};
 
 #[derive(Debug, thiserror::Error)]
@@ -93,15 +93,9 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let health = Arc::new(Health::default());
     let sink: Box<dyn Sink> = match (&config.sink, &config.judge) {
         (SinkSettings::Kafka(kafka), JudgeMode::Kafka(hits)) => {
-            if let Err(e) = crate::kafka_judge::topic::ensure(kafka, hits).await {
-                tracing::warn!(error = %e, "cannot make sure the hits topic exists; hit records wait in the spool until it does");
-            }
+            crate::kafka_judge::topic::ensure_soon(kafka, hits, crate::kafka_judge::topic::PATIENCE).await;
             tracing::info!(brokers = %kafka.brokers, topic = %hits.topic, spool = %kafka.spool_dir.display(), "hits go to the judges through Kafka");
-            Box::new(KafkaSink::start(KafkaSettings {
-                topic: hits.topic.clone(),
-                topic_per_type: false,
-                ..kafka.clone()
-            })?)
+            Box::new(KafkaSink::start(hit_records(kafka, hits))?)
         }
         (SinkSettings::File(path), _) => Box::new(FileSink::open(path)?.rotating(config.events_rotation)),
         (SinkSettings::Kafka(kafka), _) => {
@@ -151,6 +145,22 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
         max_connections: config.max_connections,
     };
     Ok(Server::bind(listeners, limits, edge, pipeline, stats, health).await?)
+}
+
+/// The Kafka sink of an edge whose hits `waymark judge` processes judge:
+/// hit records, all to the hits topic.
+pub fn hit_records(kafka: &KafkaSettings, hits: &HitsSettings) -> KafkaSettings {
+    KafkaSettings { topic: hits.topic.clone(), topic_per_type: false, ..kafka.clone() }
+}
+
+/// What `waymark serve` with this configuration ships through Kafka (and
+/// so spools): hit records or events; `None` without brokers.
+pub fn edge_kafka(config: &Config) -> Option<KafkaSettings> {
+    match (&config.sink, &config.judge) {
+        (SinkSettings::Kafka(kafka), JudgeMode::Kafka(hits)) => Some(hit_records(kafka, hits)),
+        (SinkSettings::Kafka(kafka), JudgeMode::Local) => Some(kafka.clone()),
+        (SinkSettings::File(_), _) => None,
+    }
 }
 
 /// What every event shares, the same whether `serve` or `judge` builds it:

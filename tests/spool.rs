@@ -180,3 +180,122 @@ fn a_service_started_on_a_damaged_spool_reports_the_damage_once() {
     let log = again.stderr();
     assert_eq!(log.matches("damaged spool bytes skipped").count(), 1, "{log}");
 }
+
+/// Records on `topic` from its start, counted until `want` or `within`.
+/// Partitions are assigned, not subscribed to: a group subscription to a
+/// topic made after the consumer would see it only at a metadata refresh.
+fn records_on(broker: &str, topic: &str, want: usize, within: std::time::Duration) -> usize {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("group.id", format!("test-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let deadline = std::time::Instant::now() + within;
+    let partitions = loop {
+        let found =
+            consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(1)).ok().and_then(|m| {
+                let t = m.topics().iter().find(|t| t.name() == topic)?;
+                (t.error().is_none() && !t.partitions().is_empty())
+                    .then(|| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
+            });
+        match found {
+            Some(ids) => break ids,
+            None if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            None => return 0,
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut n = 0;
+    while n < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(_)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// An edge whose hits `waymark judge` judges spools hit records, and its
+/// spool says so: `waymark serve` judging locally will not ship them as
+/// events, and `spool replay` sends them to the hits topic, not the events
+/// topic, whatever the configuration it runs with.
+#[test]
+fn hit_records_in_a_spool_go_to_the_hits_topic_and_nowhere_else() {
+    let keys = key_entry("k1");
+    let nowhere = unreachable_broker();
+    let (events, hits) =
+        (format!("spool-events-{}", std::process::id()), format!("spool-hits-{}", std::process::id()));
+    let edge = [
+        ("WAYMARK_KAFKA_BROKERS", nowhere.as_str()),
+        ("WAYMARK_KAFKA_TOPIC", events.as_str()),
+        ("WAYMARK_KAFKA_HITS_TOPIC", hits.as_str()),
+        ("WAYMARK_JUDGE", "kafka"),
+    ];
+    let mut svc = Service::start_with_stderr(&keys, &edge);
+    let ring = ring(&keys);
+    for i in 0..3 {
+        let t = token::seal(&ring, &open_claims(&format!("h-{i}"))).unwrap();
+        assert_eq!(svc.get(&format!("/o/{t}"), &[("User-Agent", "Mozilla/5.0 (Macintosh)")]).status, 200);
+    }
+    assert!(svc.stop().success());
+    let data = svc.dir.path().to_str().unwrap();
+    let st = status(&svc, &keys);
+    assert_eq!(
+        (st["destination"].as_str(), st["pending_records"].as_u64()),
+        (Some(hits.as_str()), Some(3)),
+        "{st}"
+    );
+
+    // The same data directory, judging locally: events would go to the
+    // events topic, so start-up refuses the spool and says why.
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs([
+            ("WAYMARK_LISTEN", "127.0.0.1:0"),
+            ("WAYMARK_DATA_DIR", data),
+            ("WAYMARK_KEYS", keys.as_str()),
+            ("WAYMARK_KAFKA_BROKERS", nowhere.as_str()),
+            ("WAYMARK_KAFKA_TOPIC", events.as_str()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("waymark serve started on a spool of hit records, judging locally");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    serve.stderr.take().unwrap().read_to_string(&mut said).unwrap();
+    assert!(!exited.success());
+    assert!(
+        said.contains(&format!("holds 3 records for {hits}, but this process ships to {events}")),
+        "{said}"
+    );
+
+    let Some(broker) = broker() else { return };
+    let replay = spool_cmd(&svc, &keys, &broker, &["replay", "--timeout-secs", "60"]);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(records_on(&broker, &hits, 3, secs(30)), 3, "the hit records are on the hits topic");
+    // Had they gone there, they would be there by now.
+    assert_eq!(records_on(&broker, &events, 1, secs(3)), 0, "and nothing went to the events topic");
+}

@@ -33,16 +33,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     health.register(stats.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
-        if let Err(e) = kafka_judge::topic::ensure(&kafka, &hits).await {
-            tracing::error!(error = %e, topic = %hits.topic, "the judge needs the hits topic; it waits for it to exist");
-        }
+        kafka_judge::topic::ensure_soon(&kafka, &hits, kafka_judge::topic::PATIENCE).await;
         let shutdown = crate::server::shutdown_signal();
         let (sink_parts, parts) = std::sync::mpsc::sync_channel(1);
         let judge = {
             let (tenancy, pipeline, stats, stop) = (tenancy, pipeline.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new().name("waymark-judge".into()).spawn(move || {
                 kafka_judge::run(options, tenancy, pipeline, stats, stop, |sink| {
-                    let _ = sink_parts.send((crate::sink::Sink::state(sink), crate::sink::Sink::metrics(sink)));
+                    let _ =
+                        sink_parts.send((crate::sink::Sink::state(sink), crate::sink::Sink::metrics(sink)));
                 })
             })?
         };

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use anyhow::bail;
 
-use crate::config::{Config, SinkSettings};
+use crate::config::Config;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum SpoolAction {
@@ -20,7 +20,9 @@ pub enum SpoolAction {
 }
 
 pub fn run(action: SpoolAction, config: Config) -> anyhow::Result<()> {
-    let SinkSettings::Kafka(kafka) = config.sink else {
+    // A spool says where its records go; an older one is taken to hold what
+    // `waymark serve` with this configuration spools.
+    let Some(kafka) = crate::startup::edge_kafka(&config) else {
         bail!("no Kafka brokers are configured (kafka.brokers or WAYMARK_KAFKA_BROKERS): there is no spool");
     };
     match action {

@@ -80,6 +80,7 @@ impl KafkaSink {
         // Counted through the spool's own ledger, so damage met here is not
         // reported again when the shipper reads past it.
         let pending = spool::count_from(&ledger, cursor).unwrap_or(0);
+        spool::claim(&settings.spool_dir, &settings.destination(), pending)?;
         if pending > 0 {
             tracing::warn!(pending, "replaying events a previous run left in the spool");
             state.watch.handed(pending);
@@ -256,6 +257,12 @@ pub fn replay_now(settings: KafkaSettings, timeout: Duration) -> Result<Replayed
     if let Some(stray) = stray {
         eprintln!("{stray}");
     }
+    // Records go where the process that wrote them meant them to go (hit
+    // records to the hits topic), whatever this configuration would say.
+    let settings = match spool::destination(&dir).map_err(KafkaSetupError::from)? {
+        Some(destination) => settings.shipping_to(&destination),
+        None => settings,
+    };
     let producer = Rdkafka::new(&settings)?;
     let state = Arc::new(KafkaState::new(ledger.clone()));
     let stats = Arc::new(KafkaStats::default());

@@ -53,6 +53,20 @@ impl KafkaSettings {
         c
     }
 
+    /// Where this sink's records go, as its spool records it: the topic, or
+    /// `topic.*` when each event type has its own.
+    pub fn destination(&self) -> String {
+        if self.topic_per_type { format!("{}.*", self.topic) } else { self.topic.clone() }
+    }
+
+    /// These settings shipping to `destination` (as [`Self::destination`] writes it).
+    pub fn shipping_to(self, destination: &str) -> KafkaSettings {
+        match destination.strip_suffix(".*") {
+            Some(topic) => KafkaSettings { topic: topic.to_owned(), topic_per_type: true, ..self },
+            None => KafkaSettings { topic: destination.to_owned(), topic_per_type: false, ..self },
+        }
+    }
+
     pub fn topic_for(&self, kind: &str) -> Cow<'_, str> {
         if self.topic_per_type { format!("{}.{kind}", self.topic).into() } else { self.topic.as_str().into() }
     }

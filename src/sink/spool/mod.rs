@@ -64,10 +64,53 @@ pub enum SpoolError {
          and stop the service before `waymark spool replay`"
     )]
     InUse { dir: PathBuf },
+    #[error(
+        "the spool {dir} holds {pending} records for {holds}, but this process ships to {wants}: \
+         ship them first (`waymark spool replay` sends them to {holds}), or give this process its own spool_dir"
+    )]
+    Destination { dir: PathBuf, holds: String, wants: String, pending: u64 },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io { path: path.to_owned(), source }
+}
+
+/// The file in a spool directory naming where its records go: a topic, or
+/// `topic.*` when each event type has its own. An edge whose hits are
+/// judged by `waymark judge` spools hit records for the hits topic, every
+/// other process spools events; either shipped to the other's topic would
+/// be garbage there, so a spool is for one destination at a time.
+const DESTINATION: &str = "destination";
+
+/// Where the spool's records go, if it says.
+pub fn destination(dir: &Path) -> Result<Option<String>, SpoolError> {
+    let path = dir.join(DESTINATION);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Claims the spool for `wants`: refused while it holds `pending` records
+/// for another destination; an empty spool changes destination freely.
+/// (A spool written before destinations were recorded is taken as it is.)
+pub fn claim(dir: &Path, wants: &str, pending: u64) -> Result<(), SpoolError> {
+    match destination(dir)? {
+        Some(holds) if holds == wants => return Ok(()),
+        Some(holds) if pending > 0 => {
+            return Err(SpoolError::Destination {
+                dir: dir.to_owned(),
+                holds,
+                wants: wants.to_owned(),
+                pending,
+            });
+        }
+        _ => {}
+    }
+    let (tmp, path) = (dir.join("destination.tmp"), dir.join(DESTINATION));
+    std::fs::write(&tmp, format!("{wants}\n")).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
 /// Takes the spool directory's lock (an exclusive advisory lock on its
@@ -330,6 +373,8 @@ impl Spool {
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
     pub dir: String,
+    /// Where its records go (a topic, or `topic.*`), when it says.
+    pub destination: Option<String>,
     pub segments: usize,
     pub bytes: u64,
     pub cursor: u64,
@@ -351,6 +396,7 @@ pub fn status(dir: &Path) -> Result<Status, SpoolError> {
     let pending = if dir.exists() { count_from(&ledger, cursor)? } else { 0 };
     Ok(Status {
         dir: dir.display().to_string(),
+        destination: if dir.exists() { destination(dir)? } else { None },
         segments: segs.len(),
         bytes,
         cursor: ledger.stored_cursor(),

@@ -287,3 +287,37 @@ fn a_full_disk_keeps_records_whole_in_memory_across_a_segment_boundary() {
     assert_eq!(&read[..40], &records[..]);
     assert_eq!(ledger.stats.skipped_bytes.load(Ordering::Relaxed), 0, "no torn record anywhere");
 }
+
+#[test]
+fn a_spool_is_for_one_destination_while_it_holds_records() {
+    // (what it says before, records pending, claimed for) -> what it says after, or refused.
+    let cases: [(&str, Option<&str>, u64, &str, Result<&str, ()>); 5] = [
+        ("a new spool takes the destination", None, 0, "waymark.events", Ok("waymark.events")),
+        ("an unmarked spool with records is taken as it is", None, 3, "waymark.hits", Ok("waymark.hits")),
+        ("the same destination", Some("waymark.hits"), 3, "waymark.hits", Ok("waymark.hits")),
+        (
+            "an empty spool changes destination",
+            Some("waymark.hits"),
+            0,
+            "waymark.events.*",
+            Ok("waymark.events.*"),
+        ),
+        ("records for another destination", Some("waymark.hits"), 3, "waymark.events", Err(())),
+    ];
+    for (name, before, pending, wants, after) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        if let Some(d) = before {
+            std::fs::write(dir.path().join("destination"), format!("{d}\n")).unwrap();
+        }
+        match (claim(dir.path(), wants, pending), after) {
+            (Ok(()), Ok(said)) => {
+                assert_eq!(destination(dir.path()).unwrap().as_deref(), Some(said), "{name}")
+            }
+            (Err(SpoolError::Destination { holds, wants: w, pending: p, .. }), Err(())) => {
+                assert_eq!((holds.as_str(), w.as_str(), p), (before.unwrap(), wants, pending), "{name}");
+                assert_eq!(destination(dir.path()).unwrap().as_deref(), before, "{name}: left as it was");
+            }
+            (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+        }
+    }
+}
