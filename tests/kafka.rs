@@ -12,10 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Headers as _;
-use rdkafka::{Offset, TopicPartitionList};
 use support::*;
 use waymark::token;
 
@@ -77,38 +74,11 @@ struct Consumed {
 }
 
 /// Reads the topic from the start until `want` distinct event ids arrived,
-/// or the deadline; returns the records by event id.
-///
-/// It may start before the topic exists (the service creates it with its
-/// first event), so it waits for the topic and then assigns every partition
-/// itself: a group subscription to a missing topic would only notice the
-/// topic at the next metadata refresh, five minutes later.
+/// or the deadline; returns the records by event id. It may start before
+/// the topic exists: the service creates it with its first event.
 fn consume(broker: &str, topic: &str, want: usize, within: Duration) -> BTreeMap<String, Consumed> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        // Needed by assign too; no group is joined without a subscription.
-        .set("group.id", format!("test-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + within;
-    let partitions = loop {
-        let found = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)).ok().and_then(|m| {
-            let t = m.topics().iter().find(|t| t.name() == topic)?;
-            let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-            (t.error().is_none() && !ids.is_empty()).then_some(ids)
-        });
-        match found {
-            Some(ids) => break ids,
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
-            None => return BTreeMap::new(),
-        }
-    };
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let Some(consumer) = reader_from_start(broker, topic, deadline) else { return BTreeMap::new() };
     let mut seen = BTreeMap::new();
     while seen.len() < want && Instant::now() < deadline {
         let Some(Ok(m)) = consumer.poll(Duration::from_millis(500)) else { continue };

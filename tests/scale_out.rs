@@ -16,8 +16,6 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::{Offset, TopicPartitionList};
 use support::*;
 use waymark::destination::Destination;
 use waymark::token::{self, Claims, Link, Target};
@@ -172,26 +170,8 @@ fn until_judged(judges: &[&Judge], n: u64) {
 /// duplicate or an extra event shows). tansu reports a high watermark of
 /// one past the last batch's first offset, so the end cannot be asked for.
 fn events_on(broker: &str, topic: &str, want: usize) -> (Vec<serde_json::Value>, usize) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", format!("reader-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let partitions: Vec<i32> = loop {
-        let meta = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-        let ids: Vec<i32> = meta.topics()[0].partitions().iter().map(|p| p.id()).collect();
-        if !ids.is_empty() || Instant::now() > deadline {
-            break ids;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
+    let consumer = reader_from_start(broker, topic, deadline).expect("the events topic exists");
     let (mut by_id, mut read) = (BTreeMap::new(), 0);
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_secs(1)) {

@@ -182,39 +182,9 @@ fn a_service_started_on_a_damaged_spool_reports_the_damage_once() {
 }
 
 /// Records on `topic` from its start, counted until `want` or `within`.
-/// Partitions are assigned, not subscribed to: a group subscription to a
-/// topic made after the consumer would see it only at a metadata refresh.
 fn records_on(broker: &str, topic: &str, want: usize, within: std::time::Duration) -> usize {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use rdkafka::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", broker)
-        .set("group.id", format!("test-{topic}"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
     let deadline = std::time::Instant::now() + within;
-    let partitions = loop {
-        let found =
-            consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(1)).ok().and_then(|m| {
-                let t = m.topics().iter().find(|t| t.name() == topic)?;
-                (t.error().is_none() && !t.partitions().is_empty())
-                    .then(|| t.partitions().iter().map(|p| p.id()).collect::<Vec<i32>>())
-            });
-        match found {
-            Some(ids) => break ids,
-            None if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(200))
-            }
-            None => return 0,
-        }
-    };
-    let mut assignment = TopicPartitionList::new();
-    for p in partitions {
-        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
+    let Some(consumer) = reader_from_start(broker, topic, deadline) else { return 0 };
     let mut n = 0;
     while n < want && std::time::Instant::now() < deadline {
         if let Some(Ok(_)) = consumer.poll(std::time::Duration::from_millis(200)) {

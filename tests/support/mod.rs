@@ -243,3 +243,41 @@ pub fn broker() -> Option<String> {
         }
     }
 }
+
+/// A consumer reading every partition of `topic` from its start, or `None`
+/// if the topic has no partitions by `deadline`. Partitions are assigned,
+/// not subscribed to: a group subscription to a topic made after the
+/// consumer would see it only at the next metadata refresh, minutes later.
+pub fn reader_from_start(
+    broker: &str,
+    topic: &str,
+    deadline: Instant,
+) -> Option<rdkafka::consumer::BaseConsumer> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        // Needed by assign too; no group is joined without a subscription.
+        .set("group.id", format!("reader-{topic}"))
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let partitions = loop {
+        let found = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)).ok().and_then(|m| {
+            let t = m.topics().iter().find(|t| t.name() == topic)?;
+            let ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+            (t.error().is_none() && !ids.is_empty()).then_some(ids)
+        });
+        match found {
+            Some(ids) => break ids,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            None => return None,
+        }
+    };
+    let mut assignment = TopicPartitionList::new();
+    for p in partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    Some(consumer)
+}
