@@ -119,7 +119,10 @@ pub struct Withdrawn {
 #[derive(Debug, Default)]
 struct Trail {
     scanning_since: Option<i64>,
-    // Inline: most clients hit a message once or twice.
+    // Each link clicked within the burst window, with its latest click:
+    // at most `burst_links` of them, however often one link is clicked
+    // (a client hammering one link must not grow its trail). Inline: most
+    // clients hit a message once or twice.
     clicks: SmallVec<[(u16, i64); 2]>,
     counted: SmallVec<[(Withdrawn, Option<u16>); 1]>,
     last_ms: i64,
@@ -170,11 +173,11 @@ impl Behaviour {
             f.honeypot = seen.trap;
             if let (Kind::Click, Some(link)) = (seen.kind, seen.link) {
                 trail.clicks.retain(|(_, at)| seen.at_ms - *at <= ms(w.burst));
-                trail.clicks.push((link, seen.at_ms));
-                let mut links: SmallVec<[u16; 4]> = trail.clicks.iter().map(|(l, _)| *l).collect();
-                links.sort_unstable();
-                links.dedup();
-                f.burst = links.len() >= w.burst_links;
+                match trail.clicks.iter_mut().find(|(l, _)| *l == link) {
+                    Some((_, at)) => *at = (*at).max(seen.at_ms),
+                    None => trail.clicks.push((link, seen.at_ms)),
+                }
+                f.burst = trail.clicks.len() >= w.burst_links;
             }
             if (f.honeypot || f.burst) && !f.scanning {
                 trail.scanning_since = Some(seen.at_ms);
@@ -316,6 +319,22 @@ mod tests {
         let m2 = msg("m2");
         f.hit_full(&m2, Kind::Open, None, false, "203.0.113.9", 1_000, false);
         assert!(!f.hit(&m2, Kind::Open, None, "203.0.113.1", 2_000).1.repeat);
+    }
+
+    #[test]
+    fn a_client_hammering_one_link_keeps_a_small_trail_and_is_no_burst() {
+        let mut f = Feed::new();
+        let m = msg("m1");
+        for i in 0..10_000 {
+            let (_, found) = f.hit(&m, Kind::Click, Some(3), "203.0.113.1", 1_000 + i);
+            assert!(!found.burst, "one link is no burst");
+        }
+        let trail = &f.b.trails[&("203.0.113.1".parse().unwrap(), m)];
+        assert_eq!(trail.clicks.as_slice(), &[(3, 10_999)], "one entry per link, its latest click");
+        // Other links still make a burst as before.
+        let links = Windows::default().burst_links as u16;
+        let last = (0..links).map(|l| f.hit(&m, Kind::Click, Some(10 + l), "203.0.113.1", 11_000).1).last();
+        assert!(last.unwrap().burst);
     }
 
     #[test]
