@@ -139,6 +139,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let edge = Arc::new(if forwarding { edge.forwarding() } else { edge });
     let listeners = Listeners { public: config.listen, tls: config.tls.clone(), admin };
     let limits = Limits {
+        delay: config.shutdown_delay,
         grace: config.shutdown_grace,
         header_read_timeout: config.header_read_timeout,
         max_header_bytes: config.max_header_bytes,

@@ -232,6 +232,30 @@ fn sigterm_finishes_writing_every_event_and_exits_zero() {
     assert_eq!(read_events(&svc.events_path()).len(), 50);
 }
 
+/// After SIGTERM with `shutdown_delay_ms`, `/readyz` answers 503
+/// `draining` while hits are still answered (and recorded); then the
+/// service stops as usual.
+#[test]
+fn during_the_shutdown_delay_readiness_says_draining_and_hits_are_still_served() {
+    let keys = key_entry("k1");
+    let mut svc = Service::start(&keys, &[("WAYMARK_SHUTDOWN_DELAY_MS", "3000")]);
+    assert_eq!(svc.get("/readyz", &[]).status, 200);
+    std::process::Command::new("kill").arg("-TERM").arg(svc.child.id().to_string()).status().unwrap();
+    // The signal is handled asynchronously: readiness turns soon after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut ready = svc.get("/readyz", &[]);
+    while ready.status != 503 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ready = svc.get("/readyz", &[]);
+    }
+    assert_eq!((ready.status, ready.text().trim()), (503, "draining"));
+    let t = token::seal(&ring(&keys), &open_claims("m-draining")).unwrap();
+    assert_eq!(svc.get(&format!("/o/{t}"), &[]).status, 200, "still accepting while draining");
+    assert!(svc.stop().success());
+    let events = read_events(&svc.events_path());
+    assert!(events.iter().any(|e| e["data"]["object"]["email"]["id"] == "m-draining"), "{events:?}");
+}
+
 #[test]
 fn with_no_configuration_it_makes_a_dev_ring_and_prints_working_links() {
     let svc = Service::start("", &[]);
@@ -288,4 +312,35 @@ fn privacy_settings_reduce_what_events_keep() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("setting ip_hash_key"));
     let out = waymark(&["serve"], &[("WAYMARK_IP_MODE", "masked"), ("WAYMARK_KEYS", &keys)]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected full, truncated, hashed or none"));
+}
+
+/// The click is always redirected and the pixel always served, even when
+/// no event can be recorded (every write to /dev/full fails); the failed
+/// writes are counted and the service says it is degraded (the events
+/// wait in memory, up to a bound, for the disk to take them).
+#[test]
+fn clicks_and_pixels_are_answered_when_no_event_can_be_recorded() {
+    let keys = key_entry("k1");
+    let svc = Service::start_with_stderr(
+        &keys,
+        &[("WAYMARK_EVENTS_FILE", "/dev/full"), ("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0")],
+    );
+    let r = ring(&keys);
+    for i in 0..5 {
+        let click =
+            token::seal(&r, &click_claims(&format!("m-full-{i}"), "https://shop.example/sale?x=1", 0))
+                .unwrap();
+        let answer = svc.get(&format!("/c/{click}"), &[("User-Agent", "Mozilla/5.0 (Macintosh)")]);
+        assert_eq!((answer.status, answer.header("location")), (302, Some("https://shop.example/sale?x=1")));
+        let pixel = token::seal(&r, &open_claims(&format!("m-full-{i}"))).unwrap();
+        let answer = svc.get(&format!("/o/{pixel}"), &[]);
+        assert_eq!((answer.status, answer.header("content-type")), (200, Some("image/gif")));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while svc.metric("waymark_events_file_write_errors_total") == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(svc.metric("waymark_events_file_write_errors_total") > 0, "the failed writes are counted");
+    let ready = svc.get("/readyz", &[]);
+    assert!(ready.text().contains("events file unwritable"), "{}", ready.text());
 }

@@ -92,6 +92,8 @@ pub struct Config {
     pub fallback_url: Option<Destination>,
     pub queue_capacity: usize,
     pub flush_interval: Duration,
+    /// After SIGTERM: accepting on, `/readyz` 503, for this long.
+    pub shutdown_delay: Duration,
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     /// Connections served at once; further clients wait in the accept queue.

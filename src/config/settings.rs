@@ -187,6 +187,7 @@ settings! {
         queue_capacity: u64 = "WAYMARK_QUEUE_CAPACITY", "`65536`", "hits waiting for the judge threads (shared out among them) before new ones are dropped (counted)";
         judge_threads: u64 = "WAYMARK_JUDGE_THREADS", "half the cores, at least 1", "threads that judge hits; each owns the messages whose tenant and id hash to it, so a message's hits are judged together and in order";
         flush_interval_ms: u64 = "WAYMARK_FLUSH_INTERVAL_MS", "`1000`", "how often the sink is flushed";
+        shutdown_delay_ms: u64 = "WAYMARK_SHUTDOWN_DELAY_MS", "`0`", "how long after SIGTERM the service keeps accepting while `/readyz` answers 503 `draining`, so load balancers stop sending first (the Helm chart's preStop sleep does this instead)";
         shutdown_grace_ms: u64 = "WAYMARK_SHUTDOWN_GRACE_MS", "`10000`", "how long in-flight requests may take at shutdown";
         header_read_timeout_ms: u64 = "WAYMARK_HEADER_READ_TIMEOUT_MS", "`10000`", "time a client has to send its request head, and longest a connection may sit silent (before its first byte, between keep-alive requests, in a TLS handshake, or with no HTTP/2 stream open)";
         max_connections: u64 = "WAYMARK_MAX_CONNECTIONS", "`10000`", "connections served at once; beyond it clients wait in the accept queue";

@@ -61,6 +61,11 @@ fn bad_settings_are_named_as_written() {
         ("listen = \"localhost\"", vec![], "setting listen (in "),
         ("", vec![("WAYMARK_QUEUE_CAPACITY", "lots")], "setting WAYMARK_QUEUE_CAPACITY = \"lots\""),
         ("", vec![("WAYMARK_QUEUE_CAPACITY", "0")], "setting WAYMARK_QUEUE_CAPACITY = \"0\""),
+        (
+            "",
+            vec![("WAYMARK_SHUTDOWN_DELAY_MS", "600001")],
+            "setting WAYMARK_SHUTDOWN_DELAY_MS = \"600001\" is invalid: expected 0 to 600000 milliseconds",
+        ),
         ("queue_capacity = 0", vec![], "setting queue_capacity (in "),
         (
             "",

@@ -113,6 +113,10 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
 
     let queue_capacity = c.positive("queue_capacity", raw.queue_capacity, 65_536, 16 << 20)? as usize;
     let flush_interval = c.millis("flush_interval_ms", raw.flush_interval_ms, 1_000, 3_600_000)?;
+    let shutdown_delay = match raw.shutdown_delay_ms.unwrap_or(0) {
+        n if n <= 600_000 => Duration::from_millis(n),
+        n => return Err(c.invalid("shutdown_delay_ms", n.to_string(), "0 to 600000 milliseconds")),
+    };
     let shutdown_grace = c.millis("shutdown_grace_ms", raw.shutdown_grace_ms, 10_000, 600_000)?;
     let header_read_timeout =
         c.millis("header_read_timeout_ms", raw.header_read_timeout_ms, 10_000, 600_000)?;
@@ -211,6 +215,7 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
         fallback_url,
         queue_capacity,
         flush_interval,
+        shutdown_delay,
         shutdown_grace,
         header_read_timeout,
         max_connections,

@@ -45,6 +45,8 @@ pub struct Listeners {
 /// Bounds on connections and on shutdown.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// After the signal, how long to go on accepting while readiness says draining.
+    pub delay: Duration,
     pub grace: Duration,
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
@@ -115,7 +117,7 @@ impl Server {
     /// Serves until `shutdown` completes, then shuts down in order.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Server { listener, tls, admin, edge, pipeline, stats, health, limits } = self;
-        let Limits { grace, header_read_timeout, max_header_bytes, max_connections } = limits;
+        let Limits { delay, grace, header_read_timeout, max_header_bytes, max_connections } = limits;
         let connections = Arc::new(Semaphore::new(max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // The header read timeout also bounds an idle keep-alive connection's
@@ -171,11 +173,20 @@ impl Server {
         // Only the accept loops and the connections may hold `alive` now.
         drop(conns);
         shutdown.await;
+        // Readiness first: load balancers that probe it stop sending while
+        // the listeners still accept what is already on its way.
+        health.set_draining();
+        if !delay.is_zero() {
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "draining: /readyz answers 503, still accepting"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let _ = stop.send(true);
         for l in loops {
             let _ = l.await;
         }
-        health.set_draining();
         tracing::info!("shutting down: no new connections, finishing requests in flight");
         // Every connection task holds a clone of `alive`; the accept loops
         // have dropped theirs, so this ends when the last connection does.

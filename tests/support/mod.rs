@@ -58,6 +58,26 @@ impl Service {
         Service::launch(keys, env)
     }
 
+    /// The admin listener's address (`WAYMARK_ADMIN_LISTEN` set).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.stdout
+            .iter()
+            .find_map(|l| l.strip_prefix("admin (metrics, instrument API) on http://"))
+            .expect("the admin address is printed")
+            .parse()
+            .unwrap()
+    }
+
+    /// The sum of a metric's samples on the admin listener.
+    pub fn metric(&self, name: &str) -> u64 {
+        raw(self.admin_addr(), b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .text()
+            .lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// The service's log so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
