@@ -178,6 +178,7 @@ fn events_on(broker: &str, topic: &str, want: usize) -> (Vec<serde_json::Value>,
             Some(Ok(m)) => {
                 read += 1;
                 let event: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                assert_schema_valid(schema(), &event);
                 by_id.insert(event["event_id"].as_str().unwrap().to_owned(), event);
             }
             None if by_id.len() >= want => break,
@@ -398,6 +399,7 @@ fn judges_come_and_go_and_each_message_is_still_counted_once() {
     // state; those hits were counted by the first.
     let hits = |j: &Judge| j.metric("waymark_hits_total");
     assert_eq!(hits(&first) + hits(&second), 2 * MESSAGES as u64, "hits counted once across the judges");
+    assert!(second.metric("waymark_judge_rebuilds_total") > 0, "the second judge rebuilt what it took over");
     assert!(second.stop().success());
     until_assigned(&[&first]);
     round(&edges, 2);

@@ -177,12 +177,24 @@ impl Drop for Service {
     }
 }
 
+/// The events of an events file, each checked against
+/// schema/event.schema.json: every event a test reads is.
 pub fn read_events(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).expect("every line of the events file is JSON"))
+        .map(|l| {
+            let event = serde_json::from_str(l).expect("every line of the events file is JSON");
+            assert_schema_valid(schema(), &event);
+            event
+        })
         .collect()
+}
+
+/// The event schema, compiled once per test binary.
+pub fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    SCHEMA.get_or_init(event_schema)
 }
 
 #[derive(Debug)]
