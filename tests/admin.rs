@@ -151,6 +151,23 @@ fn the_instrument_api_rewrites_html_and_refuses_bad_calls_clearly() {
 }
 
 #[test]
+fn the_admin_api_is_rate_limited_per_client() {
+    let (svc, _keys) = start(&[("WAYMARK_ADMIN_RATE_PER_MINUTE", "3")]);
+    let admin = admin_addr(&svc);
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
+    let body = br#"{"html": "<p>hi</p>", "message_id": "m-rate"}"#;
+    // (call within the minute, status, Retry-After)
+    let cases = [(1, 200, None), (2, 200, None), (3, 200, None), (4, 429, Some("60")), (5, 429, Some("60"))];
+    for (n, status, retry_after) in cases {
+        let r = call(admin, "POST", "/v1/instrument", &headers, body);
+        assert_eq!((r.status, r.header("retry-after")), (status, retry_after), "call {n}: {}", r.text());
+    }
+    // Only the API is limited: Prometheus still scrapes.
+    assert_eq!(call(admin, "GET", "/metrics", &[], b"").status, 200);
+}
+
+#[test]
 fn without_a_token_the_instrument_api_is_off() {
     let keys = key_entry("k1");
     let svc = Service::start(&keys, &[("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0")]);

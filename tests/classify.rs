@@ -173,6 +173,68 @@ fn the_vendored_crawler_list_names_machines_our_rules_do_not() {
 }
 
 #[test]
+fn apple_mail_privacy_protection_opens_are_machine_opens_and_never_count() {
+    let h = Harness::start(&[]);
+    // Apple MPP prefetches with the bare user agent, from wherever it is relayed.
+    h.open(&open_claims("m-mpp"), "203.0.113.80", "Mozilla/5.0");
+    let events = h.events(1);
+    let o = obj(&events[0]);
+    assert_eq!((o["verdict"].as_str(), o["counted"].as_bool()), (Some("proxy"), Some(false)), "{o:#}");
+    assert!(reasons(&events[0]).contains(&"machine-open"), "{o:#}");
+}
+
+/// A proxy network only explains an open: people click through relays as
+/// themselves. Apple's 17.0.0.0/8 is a proxy network of data/networks.toml.
+#[test]
+fn a_proxy_network_explains_an_open_but_not_a_click() {
+    let h = Harness::start(&[]);
+    h.open(&open_claims("m-relay"), "17.58.1.1", HUMAN_UA);
+    h.click(&click("m-relay", 0), "17.58.1.1", HUMAN_UA);
+    // The click counts, so it back-fills the open that did not.
+    let events = h.events(3);
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["email.opened", "email.clicked", "email.opened"]);
+    let (open, click) = (&events[0], &events[1]);
+    assert_eq!(reasons(&events[2]), ["backfill"]);
+    assert_eq!(
+        (obj(open)["verdict"].as_str(), obj(open)["counted"].as_bool()),
+        (Some("proxy"), Some(false)),
+        "{open:#}"
+    );
+    assert!(reasons(open).contains(&"net:apple") && reasons(open).contains(&"machine-open"), "{open:#}");
+    assert_eq!(
+        (obj(click)["verdict"].as_str(), obj(click)["counted"].as_bool()),
+        (Some("human"), Some(true)),
+        "{click:#}"
+    );
+    assert!(!reasons(click).contains(&"machine-open"), "{click:#}");
+}
+
+#[test]
+fn woothee_crawlers_no_rule_or_list_knows_are_bots() {
+    let h = Harness::start(&[]);
+    // Each checked with `waymark classify --ua`: neither our rules nor the
+    // vendored list match them, only woothee's crawler table.
+    let cases = [
+        "Apple-PubSub/65.28",
+        "livedoor FeedFetcher/0.01 (http://reader.livedoor.com/; 1 subscriber)",
+        "mixi-check/1.0",
+    ];
+    for (i, ua) in cases.iter().enumerate() {
+        h.open(&open_claims(&format!("m-woothee-{i}")), "203.0.113.81", ua);
+    }
+    let events = h.events(cases.len());
+    for ua in cases {
+        let e = events.iter().find(|e| obj(e)["user_agent"] == ua).expect(ua);
+        assert_eq!(
+            (obj(e)["verdict"].as_str(), reasons(e), obj(e)["counted"].as_bool()),
+            (Some("bot"), vec!["ua:crawler"], Some(false)),
+            "{ua}"
+        );
+    }
+}
+
+#[test]
 fn a_hit_right_after_sending_is_a_prefetch() {
     let h = Harness::start(&[("WAYMARK_PREFETCH_WINDOW_MS", "30000")]);
     let fresh = Claims { sent_at: now(), ..open_claims("m-fresh") };

@@ -282,6 +282,68 @@ fn the_healthcheck_command_probes_the_service() {
     assert!(!down.status.success());
 }
 
+/// README, Privacy: logs never carry addresses, user agents or request
+/// bodies at `info`; nor does any log carry key material.
+#[test]
+fn logs_at_info_carry_no_address_user_agent_body_or_key() {
+    let keys = key_entry("k1");
+    let secret = keys.split_once(':').unwrap().1;
+    let client = "198.51.100.237";
+    let ua = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0 LogCanaryAgent/7";
+    let recipient = "log-canary-recipient@example.com";
+    let accepted_body = "note=accepted-body-canary&List-Unsubscribe=One-Click";
+    let refused_body = "note=refused-body-canary";
+    let mut svc = Service::start_with_stderr(
+        &keys,
+        &[("WAYMARK_LOG", "info"), ("WAYMARK_TRUSTED_PROXIES", "127.0.0.1/32")],
+    );
+    let r = ring(&keys);
+    let with_recipient = |claims: Claims| Claims { recipient: Some(recipient.into()), ..claims };
+    let open = token::seal(&r, &with_recipient(open_claims("m-logs"))).unwrap();
+    let click = token::seal(&r, &with_recipient(click_claims("m-logs", "https://example.com/", 0))).unwrap();
+    let unsubscribe =
+        token::seal(&r, &with_recipient(Claims { target: Target::Unsubscribe, ..open_claims("m-logs") }))
+            .unwrap();
+    let headers = [("X-Forwarded-For", client), ("User-Agent", ua)];
+    assert_eq!(svc.get(&format!("/o/{open}"), &headers).status, 200);
+    assert_eq!(svc.get(&format!("/c/{click}"), &headers).status, 302);
+    // (body, status): one the service records, one it refuses.
+    for (body, status) in [(accepted_body, 200), (refused_body, 400)] {
+        let request = format!(
+            "POST /u/{unsubscribe} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nX-Forwarded-For: {client}\r\n\
+             User-Agent: {ua}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            svc.addr,
+            body.len()
+        );
+        assert_eq!(raw(svc.addr, request.as_bytes()).status, status, "{body}");
+    }
+    // The events do carry the address and user agent: they reached waymark.
+    let events = svc.events(3);
+    assert_eq!(events.len(), 3, "{events:#?}");
+    for e in &events {
+        assert_eq!(
+            (e["data"]["object"]["ip_address"].as_str(), e["data"]["object"]["user_agent"].as_str()),
+            (Some(client), Some(ua))
+        );
+    }
+    assert!(svc.stop().success());
+
+    let log = svc.stderr();
+    assert!(log.contains("stopped"), "the log is written at info: {log}");
+    // (what, text that must not be in the log)
+    let secrets = [
+        ("client address", client),
+        ("user agent", "LogCanaryAgent"),
+        ("recipient", recipient),
+        ("recorded request body", "accepted-body-canary"),
+        ("refused request body", "refused-body-canary"),
+        ("key secret", secret),
+    ];
+    for (what, text) in secrets {
+        assert!(!log.contains(text), "the log carries the {what} {text:?}:\n{log}");
+    }
+}
+
 #[test]
 fn privacy_settings_reduce_what_events_keep() {
     let keys = key_entry("k1");

@@ -71,3 +71,76 @@ impl KafkaSettings {
         if self.topic_per_type { format!("{}.{kind}", self.topic).into() } else { self.topic.as_str().into() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(topic_per_type: bool, properties: &[(&str, &str)]) -> KafkaSettings {
+        KafkaSettings {
+            brokers: "broker-a:9092,broker-b:9092".into(),
+            topic: "waymark.events".into(),
+            topic_per_type,
+            properties: properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            flush_timeout: Duration::from_secs(5),
+            spool_dir: PathBuf::from("spool"),
+            spool: SpoolSettings::default(),
+        }
+    }
+
+    /// The delivery guarantees the README promises for the producer.
+    #[test]
+    fn the_producer_is_idempotent_and_acknowledged_by_all_replicas() {
+        let c = settings(false, &[]).client_config();
+        let cases = [
+            ("bootstrap.servers", "broker-a:9092,broker-b:9092"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("compression.type", "lz4"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ];
+        for (key, want) in cases {
+            assert_eq!(c.get(key), Some(want), "{key}");
+        }
+    }
+
+    #[test]
+    fn configured_properties_override_the_defaults_and_add_to_them() {
+        let c = settings(false, &[("linger.ms", "50"), ("security.protocol", "SASL_SSL")]).client_config();
+        assert_eq!(c.get("linger.ms"), Some("50"), "a configured property wins over the default");
+        assert_eq!(c.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(c.get("acks"), Some("all"), "defaults not configured stay");
+    }
+
+    #[test]
+    fn each_event_type_gets_its_own_topic_only_when_asked() {
+        // (topic_per_type, event type, topic)
+        let cases = [
+            (true, "email.clicked", "waymark.events.email.clicked"),
+            (true, "email.opened", "waymark.events.email.opened"),
+            (false, "email.clicked", "waymark.events"),
+        ];
+        for (per_type, kind, want) in cases {
+            assert_eq!(settings(per_type, &[]).topic_for(kind), want, "per type {per_type}, {kind}");
+        }
+    }
+
+    #[test]
+    fn the_spooled_destination_round_trips_to_the_same_settings() {
+        // (topic_per_type, destination the spool records)
+        let cases = [(false, "waymark.events"), (true, "waymark.events.*")];
+        for (per_type, destination) in cases {
+            let s = settings(per_type, &[]);
+            assert_eq!(s.destination(), destination);
+            // Shipping to it from settings of the other form gives these back.
+            let back = settings(!per_type, &[]).shipping_to(destination);
+            assert_eq!(
+                (back.topic.as_str(), back.topic_per_type),
+                ("waymark.events", per_type),
+                "{destination}"
+            );
+            assert_eq!(back.destination(), destination);
+        }
+    }
+}
