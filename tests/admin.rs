@@ -11,15 +11,6 @@ use waymark::token::{self, Claims, Link, Target};
 
 const TOKEN: &str = "admin-token-0123456789";
 
-fn admin_addr(svc: &Service) -> SocketAddr {
-    svc.stdout
-        .iter()
-        .find_map(|l| l.strip_prefix("admin (metrics, instrument API) on http://"))
-        .expect("the admin address is printed")
-        .parse()
-        .unwrap()
-}
-
 fn call(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut req = format!(
         "{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: {}\r\n",
@@ -48,7 +39,7 @@ fn prometheus_scrapes_metrics_from_the_admin_listener_only() {
     svc.get(&format!("/o/{t}"), &[("User-Agent", "Mozilla/5.0 (Macintosh)")]);
     svc.get("/c/forged", &[]);
     svc.events(1);
-    let admin = admin_addr(&svc);
+    let admin = svc.admin_addr();
     let scrape = call(admin, "GET", "/metrics", &[], b"");
     assert_eq!(scrape.status, 200);
     assert!(scrape.header("content-type").unwrap().starts_with("application/openmetrics-text"));
@@ -72,7 +63,7 @@ fn prometheus_scrapes_metrics_from_the_admin_listener_only() {
 #[test]
 fn the_instrument_api_rewrites_html_and_refuses_bad_calls_clearly() {
     let (svc, keys) = start(&[("WAYMARK_ADMIN_MAX_BODY_BYTES", "4096")]);
-    let admin = admin_addr(&svc);
+    let admin = svc.admin_addr();
     let auth = format!("Bearer {TOKEN}");
     let json = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
     let body = serde_json::json!({
@@ -153,7 +144,7 @@ fn the_instrument_api_rewrites_html_and_refuses_bad_calls_clearly() {
 #[test]
 fn the_admin_api_is_rate_limited_per_client() {
     let (svc, _keys) = start(&[("WAYMARK_ADMIN_RATE_PER_MINUTE", "3")]);
-    let admin = admin_addr(&svc);
+    let admin = svc.admin_addr();
     let auth = format!("Bearer {TOKEN}");
     let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
     let body = br#"{"html": "<p>hi</p>", "message_id": "m-rate"}"#;
@@ -171,9 +162,9 @@ fn the_admin_api_is_rate_limited_per_client() {
 fn without_a_token_the_instrument_api_is_off() {
     let keys = key_entry("k1");
     let svc = Service::start(&keys, &[("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0")]);
-    let r = call(admin_addr(&svc), "POST", "/v1/instrument", &[("Content-Type", "application/json")], b"{}");
+    let r = call(svc.admin_addr(), "POST", "/v1/instrument", &[("Content-Type", "application/json")], b"{}");
     assert_eq!(r.status, 403);
-    assert_eq!(call(admin_addr(&svc), "GET", "/metrics", &[], b"").status, 200);
+    assert_eq!(call(svc.admin_addr(), "GET", "/metrics", &[], b"").status, 200);
 }
 
 /// The service with the admin API on, and `toml` as its config file (kept
@@ -239,7 +230,7 @@ fn tenants_own_their_hosts_keys_and_defaults() {
     // The instrument API applies tenant a's defaults: no click tracking.
     let auth = format!("Bearer {TOKEN}");
     let r = call(
-        admin_addr(&svc),
+        svc.admin_addr(),
         "POST",
         "/v1/instrument",
         &[("Content-Type", "application/json"), ("Authorization", &auth)],
@@ -316,7 +307,7 @@ fn rewrite_and_the_api_mint_the_same_message() {
     });
     let auth = format!("Bearer {TOKEN}");
     let headers = [("Content-Type", "application/json"), ("Authorization", auth.as_str())];
-    let api = call(admin_addr(&svc), "POST", "/v1/instrument", &headers, request.to_string().as_bytes());
+    let api = call(svc.admin_addr(), "POST", "/v1/instrument", &headers, request.to_string().as_bytes());
     assert_eq!(api.status, 200, "{}", api.text());
     let api: serde_json::Value = serde_json::from_slice(&api.body).unwrap();
 
@@ -354,7 +345,7 @@ fn rewrite_and_the_api_mint_the_same_message() {
 
     // One sent_at rule: before 1970 is refused by both.
     let early = serde_json::json!({"html": html, "message_id": "m", "tenant": "a", "sent_at": "1969-12-31T23:00:00Z"});
-    let api = call(admin_addr(&svc), "POST", "/v1/instrument", &headers, early.to_string().as_bytes());
+    let api = call(svc.admin_addr(), "POST", "/v1/instrument", &headers, early.to_string().as_bytes());
     assert_eq!(api.status, 422);
     assert!(api.text().contains("before 1970"), "{}", api.text());
     let cli = waymark(
