@@ -85,6 +85,8 @@ fn bad_settings_are_named_as_written() {
             vec![("WAYMARK_ADMIN_LISTEN", "127.0.0.1:0"), ("WAYMARK_ADMIN_TOKEN", "short")],
             "WAYMARK_ADMIN_TOKEN = \"<redacted>\"",
         ),
+        // Refused without an admin listener too.
+        ("", vec![("WAYMARK_ADMIN_TOKEN", "short")], "WAYMARK_ADMIN_TOKEN = \"<redacted>\""),
         (
             "",
             vec![("WAYMARK_IP_MODE", "hashed"), ("WAYMARK_IP_HASH_KEY", "x")],

@@ -162,22 +162,19 @@ pub fn validate(raw: RawConfig, origins: &Origins) -> Result<Config, ConfigError
     let judge_threads = c.positive("judge_threads", raw.judge_threads, (cores / 2).max(1), 256)? as usize;
     let unsubscribe_durable =
         c.millis("unsubscribe_durable_ms", raw.unsubscribe_durable_ms, 3_000, 60_000)?;
+    // Trimmed: a token read from a file or a secret often ends in a new
+    // line, which no client sends back. Checked even without an admin
+    // listener: a weak secret is a mistake wherever it waits to be used.
+    let token = raw.admin_token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+    if token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(char::is_whitespace)) {
+        return Err(c.invalid("admin_token", "", "a secret of at least 16 characters, without spaces"));
+    }
     let admin = match raw.admin_listen {
         None => None,
         Some(text) => {
             let admin_listen = c.addr("admin_listen", &text, "127.0.0.1:9090")?;
             if admin_listen == listen && listen.port() != 0 {
                 return Err(c.invalid("admin_listen", &text, "an address other than the public listener's"));
-            }
-            // Trimmed: a token read from a file or a secret often ends in a
-            // new line, which no client sends back.
-            let token = raw.admin_token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
-            if token.as_ref().is_some_and(|t| t.len() < 16 || t.chars().any(char::is_whitespace)) {
-                return Err(c.invalid(
-                    "admin_token",
-                    "",
-                    "a secret of at least 16 characters, without spaces",
-                ));
             }
             let max_body =
                 c.positive("admin_max_body_bytes", raw.admin_max_body_bytes, 2 << 20, 64 << 20)? as usize;
