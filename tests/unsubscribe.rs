@@ -181,3 +181,35 @@ fn a_sigkill_right_after_the_confirmation_loses_no_unsubscribe_with_kafka() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["pending_records"], 1, "the unsubscribe is in the spool: {status}");
 }
+
+/// A request in flight when SIGTERM arrives is finished (within
+/// `shutdown_grace_ms`) and its unsubscribe recorded before the process
+/// exits: here the client is still sending the body when the signal comes.
+#[test]
+fn an_unsubscribe_in_flight_at_sigterm_is_finished_and_recorded() {
+    use std::io::{Read as _, Write as _};
+    let keys = key_entry("k1");
+    let mut svc = Service::start(&keys, &[]);
+    let path = format!("/u/{}", token::seal(&ring(&keys), &unsubscribe_claims("m-in-flight")).unwrap());
+    let mut conn = std::net::TcpStream::connect(svc.addr).unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n",
+        svc.addr,
+        ONE_CLICK.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&ONE_CLICK[..5]).unwrap();
+    // The head is read once the service answers another request after it
+    // on a new connection: by then this one is being served.
+    assert_eq!(svc.get("/healthz", &[]).status, 200);
+    std::process::Command::new("kill").arg("-TERM").arg(svc.child.id().to_string()).status().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    conn.write_all(&ONE_CLICK[5..]).unwrap();
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).unwrap();
+    let r = parse(&answer).expect("an answer");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(svc.stop().success());
+    let events = read_events(&svc.events_path());
+    assert!(events.iter().any(|e| e["type"] == "email.unsubscribed"), "{events:?}");
+}
