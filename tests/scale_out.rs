@@ -400,6 +400,8 @@ fn judges_come_and_go_and_each_message_is_still_counted_once() {
     let hits = |j: &Judge| j.metric("waymark_hits_total");
     assert_eq!(hits(&first) + hits(&second), 2 * MESSAGES as u64, "hits counted once across the judges");
     assert!(second.metric("waymark_judge_rebuilds_total") > 0, "the second judge rebuilt what it took over");
+    assert!(second.metric("waymark_judge_rebuilt_hits_total") > 0, "from the first round's hits");
+    assert!(first.metric("waymark_judge_rebalances_total") > 0, "the first judge saw the second join");
     assert!(second.stop().success());
     until_assigned(&[&first]);
     round(&edges, 2);

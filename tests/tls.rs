@@ -163,3 +163,52 @@ fn tls_misconfiguration_fails_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read certificate /nonexistent/cert.pem"));
 }
+
+/// A client that opens a TLS connection and stalls in the handshake (sends
+/// nothing, or half a ClientHello) is closed at `header_read_timeout_ms`:
+/// a handshake is no way to hold a connection.
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_the_header_read_timeout() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    leaf(&ca(), "t.sender-a.example", "cert-a1", dir.path(), "a");
+    let config = dir.path().join("waymark.toml");
+    let d = dir.path().display();
+    std::fs::write(
+        &config,
+        format!(
+            "tls_listen = \"127.0.0.1:0\"\n\
+             [[tls_certificates]]\nhosts = [\"t.sender-a.example\"]\ncert = \"{d}/a.pem\"\nkey = \"{d}/a.key\"\n"
+        ),
+    )
+    .unwrap();
+    let svc = Service::start(
+        &key_entry("k1"),
+        &[("WAYMARK_CONFIG", config.to_str().unwrap()), ("WAYMARK_HEADER_READ_TIMEOUT_MS", "500")],
+    );
+    let https: std::net::SocketAddr = svc
+        .stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("waymark listening on https://"))
+        .expect("the HTTPS address is printed")
+        .parse()
+        .unwrap();
+    // A TLS record header announcing a ClientHello of 512 bytes, and 4 of them.
+    let half_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
+    for (name, sent) in [("nothing", &[][..]), ("half a ClientHello", half_hello)] {
+        let mut conn = std::net::TcpStream::connect(https).unwrap();
+        conn.write_all(sent).unwrap();
+        // Far beyond the timeout: only a server that never closes reaches it.
+        conn.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut buf = [0u8; 256];
+        let closed = loop {
+            match conn.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // an alert before closing
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "{name}: the stalled handshake was not closed");
+    }
+}
