@@ -402,6 +402,13 @@ fn judges_come_and_go_and_each_message_is_still_counted_once() {
     assert!(second.metric("waymark_judge_rebuilds_total") > 0, "the second judge rebuilt what it took over");
     assert!(second.metric("waymark_judge_rebuilt_hits_total") > 0, "from the first round's hits");
     assert!(first.metric("waymark_judge_rebalances_total") > 0, "the first judge saw the second join");
+    // Incremental rebalancing: the first judge gave up only what moved.
+    let first_log = log(&first.dir);
+    assert!(first_log.contains("protocol=\"cooperative\""), "{first_log}");
+    assert!(
+        !first_log.lines().any(|l| l.contains("partitions revoked") && l.contains("revoked=[0, 1, 2")),
+        "{first_log}"
+    );
     assert!(second.stop().success());
     until_assigned(&[&first]);
     round(&edges, 2);

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -115,29 +115,40 @@ impl ConsumerContext for Context {
                 }
                 j.stats.lag.lock().unwrap_or_else(|p| p.into_inner()).retain(|p, _| !revoked.contains(p));
             }
-            self.stats.assigned.store(false, Ordering::Relaxed);
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        match rebalance {
-            Rebalance::Assign(tpl) => {
-                let assigned: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-                tracing::info!(?assigned, "partitions assigned");
-                if let Some(j) = self.judging.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
-                    // State of partitions gone elsewhere is stale by the time they return.
-                    j.partitions.retain(|p, _| assigned.contains(p));
-                    let mut lag = j.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
-                    for p in &assigned {
-                        lag.entry(*p).or_insert(0);
-                    }
-                }
-                self.stats.assigned.store(!assigned.is_empty(), Ordering::Relaxed);
-                self.stats.ever_assigned.store(true, Ordering::Relaxed);
-            }
-            Rebalance::Revoke(_) => {}
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+    /// After a rebalance, incremental (only what moved) or not: what this
+    /// judge holds now is the consumer's whole assignment.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Error(e) = rebalance {
+            tracing::warn!(error = %e, "rebalance failed");
+            return;
         }
+        if let Rebalance::Assign(tpl) = rebalance {
+            let added: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            let protocol = match consumer.rebalance_protocol() {
+                RebalanceProtocol::Cooperative => "cooperative",
+                RebalanceProtocol::Eager => "eager",
+                RebalanceProtocol::None => "none",
+            };
+            tracing::info!(?added, protocol, "partitions assigned");
+            self.stats.ever_assigned.store(true, Ordering::Relaxed);
+        }
+        let held: Vec<i32> = consumer
+            .assignment()
+            .map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect())
+            .unwrap_or_default();
+        if let Some(j) = self.judging.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            // State of partitions gone elsewhere is stale by the time they return.
+            j.partitions.retain(|p, _| held.contains(p));
+            let mut lag = j.stats.lag.lock().unwrap_or_else(|p| p.into_inner());
+            lag.retain(|p, _| held.contains(p));
+            for p in &held {
+                lag.entry(*p).or_insert(0);
+            }
+        }
+        self.stats.assigned.store(!held.is_empty(), Ordering::Relaxed);
     }
 }
 
@@ -290,6 +301,9 @@ fn consumer_config(kafka: &KafkaSettings, group: &str) -> ClientConfig {
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // Incremental rebalancing: when a judge joins or leaves, only the
+        // partitions that move stop and are rebuilt; the others go on.
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .set("statistics.interval.ms", "1000")
         .set("client.id", "waymark-judge");
     for (k, v) in &kafka.properties {
