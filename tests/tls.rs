@@ -55,6 +55,16 @@ fn client(ca: &Ca, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
+/// The TLS listener's address, as the service prints it.
+fn https_addr(svc: &Service) -> std::net::SocketAddr {
+    svc.stdout
+        .iter()
+        .find_map(|l| l.strip_prefix("waymark listening on https://"))
+        .expect("the HTTPS address is printed")
+        .parse()
+        .unwrap()
+}
+
 /// Connects with SNI `host`, sends GET `path` over the protocol ALPN picks;
 /// returns (certificate common name, ALPN protocol, status, body).
 async fn fetch(
@@ -112,13 +122,7 @@ async fn sni_alpn_and_live_certificate_renewal() {
     .unwrap();
     let keys = key_entry("k1");
     let svc = Service::start(&keys, &[("WAYMARK_CONFIG", config.to_str().unwrap())]);
-    let https: std::net::SocketAddr = svc
-        .stdout
-        .iter()
-        .find_map(|l| l.strip_prefix("waymark listening on https://"))
-        .expect("the HTTPS address is printed")
-        .parse()
-        .unwrap();
+    let https = https_addr(&svc);
     let t = token::seal(&ring(&keys), &open_claims("m-tls")).unwrap();
 
     let (cn, alpn, status, body) = fetch(https, &ca, "t.sender-a.example", &format!("/o/{t}")).await;
@@ -186,13 +190,7 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_read_timeout() {
         &key_entry("k1"),
         &[("WAYMARK_CONFIG", config.to_str().unwrap()), ("WAYMARK_HEADER_READ_TIMEOUT_MS", "500")],
     );
-    let https: std::net::SocketAddr = svc
-        .stdout
-        .iter()
-        .find_map(|l| l.strip_prefix("waymark listening on https://"))
-        .expect("the HTTPS address is printed")
-        .parse()
-        .unwrap();
+    let https = https_addr(&svc);
     // A TLS record header announcing a ClientHello of 512 bytes, and 4 of them.
     let half_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc];
     for (name, sent) in [("nothing", &[][..]), ("half a ClientHello", half_hello)] {
