@@ -402,6 +402,12 @@ fn judges_come_and_go_and_each_message_is_still_counted_once() {
     assert!(second.metric("waymark_judge_rebuilds_total") > 0, "the second judge rebuilt what it took over");
     assert!(second.metric("waymark_judge_rebuilt_hits_total") > 0, "from the first round's hits");
     assert!(first.metric("waymark_judge_rebalances_total") > 0, "the first judge saw the second join");
+    // Offsets are committed (every half second) once their events are acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.metric("waymark_judge_commits_total") == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(first.metric("waymark_judge_commits_total") > 0, "the first judge committed");
     // Incremental rebalancing: the first judge gave up only what moved.
     let first_log = log(&first.dir);
     assert!(first_log.contains("protocol=\"cooperative\""), "{first_log}");
