@@ -30,24 +30,25 @@ fn typical_open_token_is_under_120_characters() {
     assert!(text.len() < 120, "{} characters: {text}", text.len());
 }
 
+/// A click with every optional field set.
+fn full_click() -> Claims {
+    Claims {
+        target: Target::Click(Link {
+            index: 3,
+            url: Destination::parse("https://example.com/promo?a=1").unwrap(),
+            trap: false,
+        }),
+        tenant: "sender-a".into(),
+        tags: vec!["welcome".into(), "series".into()],
+        meta: vec![("campaign".into(), "spring".into())],
+        expires_at: Some(2_000_000_000),
+        ..typical_open()
+    }
+}
+
 /// Claims of every shape a sent email holds, for the pinned tokens below.
 fn golden_claims() -> [Claims; 3] {
-    [
-        typical_open(),
-        Claims {
-            target: Target::Click(Link {
-                index: 3,
-                url: Destination::parse("https://example.com/promo?a=1").unwrap(),
-                trap: false,
-            }),
-            tenant: "sender-a".into(),
-            tags: vec!["welcome".into(), "series".into()],
-            meta: vec![("campaign".into(), "spring".into())],
-            expires_at: Some(2_000_000_000),
-            ..typical_open()
-        },
-        Claims { target: Target::Unsubscribe, recipient: None, ..typical_open() },
-    ]
+    [typical_open(), full_click(), Claims { target: Target::Unsubscribe, recipient: None, ..typical_open() }]
 }
 
 /// Tokens sealed on 2026-11-30 with a key kept here: the mail sent
@@ -72,18 +73,7 @@ fn tokens_sealed_by_earlier_versions_still_open() {
 #[test]
 fn round_trip_keeps_every_field() {
     let r = ring(&["k1"]);
-    let claims = Claims {
-        target: Target::Click(Link {
-            index: 3,
-            url: Destination::parse("https://example.com/promo?a=1").unwrap(),
-            trap: false,
-        }),
-        tenant: "sender-a".into(),
-        tags: vec!["welcome".into(), "series".into()],
-        meta: vec![("campaign".into(), "spring".into())],
-        expires_at: Some(2_000_000_000),
-        ..typical_open()
-    };
+    let claims = full_click();
     let token = open(&r, &seal(&r, &claims).unwrap(), 1_779_000_100).unwrap();
     assert_eq!(token.claims(), &claims);
     assert_eq!(token.key_id().as_str(), "k1");
