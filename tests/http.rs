@@ -240,7 +240,7 @@ fn during_the_shutdown_delay_readiness_says_draining_and_hits_are_still_served()
     let keys = key_entry("k1");
     let mut svc = Service::start(&keys, &[("WAYMARK_SHUTDOWN_DELAY_MS", "3000")]);
     assert_eq!(svc.get("/readyz", &[]).status, 200);
-    std::process::Command::new("kill").arg("-TERM").arg(svc.child.id().to_string()).status().unwrap();
+    svc.signal("TERM");
     // The signal is handled asynchronously: readiness turns soon after.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut ready = svc.get("/readyz", &[]);

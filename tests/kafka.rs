@@ -51,7 +51,7 @@ impl OwnBroker {
     }
 
     fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        signal(self.child.id(), sig);
     }
 }
 
@@ -265,7 +265,7 @@ fn events_spooled_before_a_sigkill_are_replayed_after_restart() {
     std::thread::sleep(Duration::from_millis(500));
     let data = svc.dir.path().to_owned();
     let mut svc = svc;
-    Command::new("kill").arg("-KILL").arg(svc.child.id().to_string()).status().unwrap();
+    svc.signal("KILL");
     svc.child.wait().unwrap();
     let spool = std::fs::read_dir(data.join("spool")).unwrap().count();
     assert!(spool >= 2, "segments and cursor were left behind");

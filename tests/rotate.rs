@@ -54,7 +54,7 @@ fn a_file_moved_away_is_reopened_on_sighup_and_by_itself() {
     wait_for(10, &[&path]);
     // logrotate's `create` mode: move the file, then signal.
     std::fs::rename(&path, &rotated).unwrap();
-    std::process::Command::new("kill").arg("-HUP").arg(svc.child.id().to_string()).status().unwrap();
+    svc.signal("HUP");
     hits(&svc, &keys, "after-hup", 10);
     assert_each_once(wait_for(20, &[&rotated, &path]), 20);
     assert!(svc.get("/healthz", &[]).status == 200, "SIGHUP does not stop the service");

@@ -93,16 +93,11 @@ impl Judge {
     }
 
     fn metric(&self, name: &str) -> u64 {
-        let r = raw(self.admin, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        r.text()
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        metric_at(self.admin, name)
     }
 
     fn signal(&self, sig: &str) {
-        Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status().unwrap();
+        signal(self.child.id(), sig);
     }
 
     /// SIGTERM, and the exit status within 30 s.

@@ -37,6 +37,20 @@ fn spool_cmd(svc: &Service, keys: &str, brokers: &str, args: &[&str]) -> std::pr
     waymark(&all, &[("WAYMARK_DATA_DIR", data), ("WAYMARK_KEYS", keys), ("WAYMARK_KAFKA_BROKERS", brokers)])
 }
 
+/// Flips one byte in the middle of the segment that holds the events.
+fn flip_a_byte_of_the_events(svc: &Service) {
+    let seg = std::fs::read_dir(svc.dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&seg, bytes).unwrap();
+}
+
 fn status(svc: &Service, keys: &str) -> serde_json::Value {
     let out = spool_cmd(svc, keys, "127.0.0.1:9", &["status"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -49,18 +63,7 @@ fn a_flipped_byte_costs_one_event_and_replay_delivers_the_rest() {
     let keys = key_entry("k1");
     let svc = spooled(&keys, 200);
     assert_eq!(status(&svc, &keys)["pending_records"], 200);
-    // One byte in the middle of the segment that holds the events.
-    let spool = svc.dir.path().join("spool");
-    let seg = std::fs::read_dir(&spool)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&seg, bytes).unwrap();
+    flip_a_byte_of_the_events(&svc);
     let st = status(&svc, &keys);
     assert_eq!(st["pending_records"], 199, "{st}");
     assert!(st["damaged_bytes"].as_u64().unwrap() > 0, "{st}");
@@ -153,16 +156,7 @@ fn replay_that_cannot_move_the_cursor_fails_and_says_why() {
 fn a_service_started_on_a_damaged_spool_reports_the_damage_once() {
     let keys = key_entry("k1");
     let svc = spooled(&keys, 50);
-    let seg = std::fs::read_dir(svc.dir.path().join("spool"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
-        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
-        .unwrap();
-    let mut bytes = std::fs::read(&seg).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x01;
-    std::fs::write(&seg, bytes).unwrap();
+    flip_a_byte_of_the_events(&svc);
     let data = svc.dir.path().to_str().unwrap().to_owned();
     let nowhere = unreachable_broker();
     let mut again = Service::start_with_stderr(

@@ -10,6 +10,11 @@ fn unsubscribe_claims(message_id: &str) -> Claims {
 }
 
 fn post(svc: &Service, path: &str, content_type: &str, body: &[u8]) -> Response {
+    raw(svc.addr, &post_request(svc, path, content_type, body))
+}
+
+/// A whole POST request, head and body, on a connection of its own.
+fn post_request(svc: &Service, path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
         svc.addr,
@@ -17,7 +22,7 @@ fn post(svc: &Service, path: &str, content_type: &str, body: &[u8]) -> Response 
     )
     .into_bytes();
     req.extend_from_slice(body);
-    raw(svc.addr, &req)
+    req
 }
 
 #[test]
@@ -136,7 +141,7 @@ fn an_unsubscribe_the_sink_cannot_record_is_answered_503_never_confirmed() {
 
 /// SIGKILL, at once.
 fn kill(svc: &mut Service) {
-    std::process::Command::new("kill").arg("-KILL").arg(svc.child.id().to_string()).status().unwrap();
+    svc.signal("KILL");
     svc.child.wait().unwrap();
 }
 
@@ -191,20 +196,17 @@ fn an_unsubscribe_in_flight_at_sigterm_is_finished_and_recorded() {
     let keys = key_entry("k1");
     let mut svc = Service::start(&keys, &[]);
     let path = format!("/u/{}", token::seal(&ring(&keys), &unsubscribe_claims("m-in-flight")).unwrap());
+    let request = post_request(&svc, &path, FORM, ONE_CLICK);
+    // All but the body's last bytes now, the rest after the signal.
+    let (now, later) = request.split_at(request.len() - (ONE_CLICK.len() - 5));
     let mut conn = std::net::TcpStream::connect(svc.addr).unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: {FORM}\r\nContent-Length: {}\r\n\r\n",
-        svc.addr,
-        ONE_CLICK.len()
-    );
-    conn.write_all(head.as_bytes()).unwrap();
-    conn.write_all(&ONE_CLICK[..5]).unwrap();
+    conn.write_all(now).unwrap();
     // The head is read once the service answers another request after it
     // on a new connection: by then this one is being served.
     assert_eq!(svc.get("/healthz", &[]).status, 200);
-    std::process::Command::new("kill").arg("-TERM").arg(svc.child.id().to_string()).status().unwrap();
+    svc.signal("TERM");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    conn.write_all(&ONE_CLICK[5..]).unwrap();
+    conn.write_all(later).unwrap();
     let mut answer = Vec::new();
     conn.read_to_end(&mut answer).unwrap();
     let r = parse(&answer).expect("an answer");

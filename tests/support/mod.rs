@@ -70,12 +70,12 @@ impl Service {
 
     /// The sum of a metric's samples on the admin listener.
     pub fn metric(&self, name: &str) -> u64 {
-        raw(self.admin_addr(), b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-            .text()
-            .lines()
-            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
+        metric_at(self.admin_addr(), name)
+    }
+
+    /// Sends the service a signal (`TERM`, `KILL`, `HUP`…) and returns at once.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.id(), sig);
     }
 
     /// The service's log so far.
@@ -155,7 +155,7 @@ impl Service {
 
     /// SIGTERM, then the exit status.
     pub fn stop(&mut self) -> ExitStatus {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        self.signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -312,4 +312,19 @@ pub fn reader_from_start(
     }
     consumer.assign(&assignment).unwrap();
     Some(consumer)
+}
+
+/// Sends process `pid` a signal (`TERM`, `KILL`, `HUP`, `STOP`…).
+pub fn signal(pid: u32, sig: &str) {
+    Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap();
+}
+
+/// The sum of a metric's samples on an admin listener's `/metrics`.
+pub fn metric_at(admin: SocketAddr, name: &str) -> u64 {
+    raw(admin, b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
