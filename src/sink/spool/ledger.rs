@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::{SpoolError, io, segment_path, segments};
+use super::{SpoolError, io, replace_whole, segment_path, segments};
 
 pub fn pos(segment: u32, offset: u32) -> u64 {
     (segment as u64) << 32 | offset as u64
@@ -135,9 +135,7 @@ impl Ledger {
 
     fn write_cursor(&self, at: u64) -> Result<(), SpoolError> {
         let dir = &self.dir;
-        let tmp = dir.join("cursor.tmp");
-        std::fs::write(&tmp, at.to_string()).map_err(io(&tmp))?;
-        std::fs::rename(&tmp, dir.join("cursor")).map_err(io(dir))?;
+        replace_whole(dir, "cursor", &at.to_string())?;
         let (current, _) = split(at);
         for seg in segments(dir)? {
             if seg < current {

@@ -108,8 +108,14 @@ pub fn claim(dir: &Path, wants: &str, pending: u64) -> Result<(), SpoolError> {
         }
         _ => {}
     }
-    let (tmp, path) = (dir.join("destination.tmp"), dir.join(DESTINATION));
-    std::fs::write(&tmp, format!("{wants}\n")).map_err(io(&tmp))?;
+    replace_whole(dir, DESTINATION, &format!("{wants}\n"))
+}
+
+/// Replaces the small file `dir/name` whole (written as `name.tmp`, then
+/// renamed over it): a crash leaves the old content or the new, never part.
+fn replace_whole(dir: &Path, name: &str, contents: &str) -> Result<(), SpoolError> {
+    let (tmp, path) = (dir.join(format!("{name}.tmp")), dir.join(name));
+    std::fs::write(&tmp, contents).map_err(io(&tmp))?;
     std::fs::rename(&tmp, &path).map_err(io(&path))
 }
 
