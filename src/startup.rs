@@ -93,7 +93,7 @@ pub async fn start(config: Config, tenancy: Arc<Tenancy>) -> Result<Server, Star
     let health = Arc::new(Health::default());
     let sink: Box<dyn Sink> = match (&config.sink, &config.judge) {
         (SinkSettings::Kafka(kafka), JudgeMode::Kafka(hits)) => {
-            crate::kafka_judge::topic::ensure_soon(kafka, hits, crate::kafka_judge::topic::PATIENCE).await;
+            crate::kafka_judge::topic::ensure_soon(kafka, hits).await;
             tracing::info!(brokers = %kafka.brokers, topic = %hits.topic, spool = %kafka.spool_dir.display(), "hits go to the judges through Kafka");
             Box::new(KafkaSink::start(hit_records(kafka, hits))?)
         }

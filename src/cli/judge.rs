@@ -33,7 +33,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     health.register(stats.clone());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
-        kafka_judge::topic::ensure_soon(&kafka, &hits, kafka_judge::topic::PATIENCE).await;
+        kafka_judge::topic::ensure_soon(&kafka, &hits).await;
         let shutdown = crate::server::shutdown_signal();
         let (sink_parts, parts) = std::sync::mpsc::sync_channel(1);
         let judge = {

@@ -45,13 +45,13 @@ pub async fn ensure(kafka: &KafkaSettings, hits: &HitsSettings) -> Result<(), St
 }
 
 /// How long start-up waits for the brokers to make sure of the hits topic.
-pub const PATIENCE: Duration = Duration::from_secs(3);
+const PATIENCE: Duration = Duration::from_secs(3);
 
 /// [`ensure`] without holding start-up hostage to an outage: waits at most
-/// `patience`, then lets the attempt run on in the background (an edge
+/// [`PATIENCE`], then lets the attempt run on in the background (an edge
 /// spools hit records meanwhile, a judge waits for partitions) and logs
 /// how it ends.
-pub async fn ensure_soon(kafka: &KafkaSettings, hits: &HitsSettings, patience: Duration) {
+pub async fn ensure_soon(kafka: &KafkaSettings, hits: &HitsSettings) {
     let (k, h) = (kafka.clone(), hits.clone());
     let mut attempt = tokio::spawn(async move { ensure(&k, &h).await });
     let report = |outcome: Result<(), String>| {
@@ -59,11 +59,11 @@ pub async fn ensure_soon(kafka: &KafkaSettings, hits: &HitsSettings, patience: D
             tracing::warn!(error = %e, "the hits topic may be missing: hit records wait in the spool and judges for partitions until it exists");
         }
     };
-    match tokio::time::timeout(patience, &mut attempt).await {
+    match tokio::time::timeout(PATIENCE, &mut attempt).await {
         Ok(outcome) => report(outcome.unwrap_or(Ok(()))),
         Err(_) => {
             tracing::warn!(
-                waited_ms = patience.as_millis() as u64,
+                waited_ms = PATIENCE.as_millis() as u64,
                 "no broker answered: going on, and the hits topic is made sure of when one does"
             );
             tokio::spawn(async move { report(attempt.await.unwrap_or(Ok(()))) });
